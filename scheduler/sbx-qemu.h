@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * The QEMU command line for a sandbox microVM, built from a plain description
+ * (SbxQemuConfig) so it can be unit-tested without starting anything.
+ */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+typedef enum {
+    SBX_ACCEL_TCG,
+    SBX_ACCEL_KVM,
+} SbxAccel;
+
+const char *sbx_accel_to_string(SbxAccel accel);
+
+/* fd numbers the child sees (handed over by sbx-spawn). */
+#define SBX_QEMU_FD_QMP   3
+#define SBX_QEMU_FD_AGENT 4
+#define SBX_QEMU_FD_NET   5
+
+#define SBX_AGENT_PORT_NAME "org.schedulerd.agent.0"
+
+typedef struct {
+    const char *vm_id;
+    SbxAccel accel;
+    guint memory_mb;
+    guint vcpus;
+    guint tb_size_mb;           /* TCG translation cache; 0 = QEMU default */
+    const char *kernel;         /* uncompressed PVH vmlinux */
+    const char *initrd;
+    const char *cmdline;        /* guest kernel cmdline, without tsc_early_khz */
+    guint tsc_khz;              /* appended as tsc_early_khz= when non-zero */
+    const char *rootfs;         /* read-only erofs image, shared by every VM */
+    const char *work_disk;      /* per-VM writable disk, NULL: guest uses tmpfs */
+    const char *work_format;    /* "qcow2" or "raw" */
+    gboolean sandbox;           /* -sandbox on,... (QEMU built with seccomp) */
+    gboolean mem_merge;         /* KSM: -M ...,mem-merge=on */
+    const char *mem_path;       /* guest RAM in a file (L1 templates), NULL: anonymous */
+    gboolean mem_share;         /* share=on (template build) / off (MAP_PRIVATE restore) */
+    gboolean incoming_defer;    /* -incoming defer (restore target) */
+    gboolean with_netdev;       /* -netdev stream on SBX_QEMU_FD_NET + virtio-net */
+} SbxQemuConfig;
+
+/* argv (NULL-terminated, owned) for @qemu_binary with @cfg. */
+GStrv sbx_qemu_build_argv(const char *qemu_binary, const SbxQemuConfig *cfg);
+
+/* The host's TSC frequency in kHz (for tsc_early_khz under TCG), read from
+ * @cpuinfo_path ("/proc/cpuinfo"); 0 if unknown. */
+guint sbx_qemu_read_tsc_khz(const char *cpuinfo_path);
+
+G_END_DECLS
