@@ -110,33 +110,43 @@ fail(QmpParser *self, GError **error, const char *fmt, ...)
     return FALSE;
 }
 
-/* Deepest nesting of [ / { outside strings. Stops counting past the limit. */
-static guint
-json_depth(const char *p, gsize n)
+/* Shape check before json-glib sees the line: it must be one object (first
+ * non-blank byte "{", nothing but blanks after its closing "}") nested at most
+ * QMP_PARSER_MAX_DEPTH deep (json-glib recurses per level and would overflow
+ * the stack; it also accepts several root values or "var x = ..." that QMP
+ * never sends). Brackets inside strings do not count. */
+static const char *
+check_shape(const char *p, gsize n)
 {
-    guint depth = 0, max = 0;
-    gboolean in_string = FALSE;
+    guint depth = 0;
+    gboolean in_string = FALSE, closed = FALSE;
+    gsize i = 0;
 
-    for (gsize i = 0; i < n; i++) {
+    while (i < n && g_ascii_isspace(p[i]))
+        i++;
+    if (i == n || p[i] != '{')
+        return "QMP message is not a JSON object";
+    for (; i < n; i++) {
         char c = p[i];
         if (in_string) {
             if (c == '\\')
                 i++;
             else if (c == '"')
                 in_string = FALSE;
+        } else if (closed) {
+            if (!g_ascii_isspace(c))
+                return "trailing data after the QMP message";
         } else if (c == '"') {
             in_string = TRUE;
         } else if (c == '[' || c == '{') {
-            if (++depth > max) {
-                max = depth;
-                if (max > QMP_PARSER_MAX_DEPTH)
-                    return max;
-            }
-        } else if ((c == ']' || c == '}') && depth > 0) {
-            depth--;
+            if (++depth > QMP_PARSER_MAX_DEPTH)
+                return "QMP message nested too deeply";
+        } else if (c == ']' || c == '}') {
+            if (depth == 0 || --depth == 0)
+                closed = TRUE;
         }
     }
-    return max;
+    return NULL; /* unbalanced input is left to json-glib to reject */
 }
 
 gboolean
@@ -177,9 +187,9 @@ qmp_parser_next(QmpParser *self, JsonObject **out_msg, GError **error)
                         self->max_line);
         if (!g_utf8_validate_len(line, n, NULL))
             return fail(self, error, "QMP message is not valid UTF-8");
-        if (json_depth(line, n) > QMP_PARSER_MAX_DEPTH)
-            return fail(self, error, "QMP message nested deeper than %d levels",
-                        QMP_PARSER_MAX_DEPTH);
+        const char *bad_shape = check_shape(line, n);
+        if (bad_shape != NULL)
+            return fail(self, error, "%s", bad_shape);
 
         g_autoptr(GError) local = NULL;
         if (!json_parser_load_from_data(self->json, line, (gssize)n, &local))
