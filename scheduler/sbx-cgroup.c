@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "common/sbx-fd.h"
@@ -949,22 +950,73 @@ sbx_cgroup_read_stats(SbxCgroup *self, SbxCgroupStats *out, GError **error)
 
 /* ---- teardown ---- */
 
-/* Parse a cgroup.procs text into pids; returns the count. */
-static guint
-procs_kill(const char *text, gboolean do_kill)
+static GArray *
+parse_pids(const char *text)
 {
-    guint n = 0;
+    GArray *pids = g_array_new(FALSE, FALSE, sizeof(pid_t));
     g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
     for (guint i = 0; lines[i]; i++) {
-        guint64 pid;
-        if (!g_ascii_string_to_unsigned(g_strstrip(lines[i]), 10, 1, G_MAXINT32, &pid, NULL))
-            continue;
-        n++;
-        /* never ourselves nor init, whatever a procs file says */
-        if (do_kill && pid > 1 && (pid_t)pid != getpid())
-            (void)kill((pid_t)pid, SIGKILL);
+        guint64 v;
+        if (g_ascii_string_to_unsigned(g_strstrip(lines[i]), 10, 1, G_MAXINT32, &v, NULL)) {
+            pid_t pid = (pid_t)v;
+            g_array_append_val(pids, pid);
+        }
     }
-    return n;
+    return pids;
+}
+
+static gboolean
+pids_contain(GArray *pids, pid_t pid)
+{
+    for (guint i = 0; i < pids->len; i++)
+        if (g_array_index(pids, pid_t, i) == pid)
+            return TRUE;
+    return FALSE;
+}
+
+/* SIGKILL every member listed in @dir's cgroup.procs; *out_listed = how many were
+ * listed. A pid is signalled through a pidfd, and only if it is still listed after
+ * the pidfd was opened: a pid recycled by an unrelated process between the read and
+ * the signal is never hit (the pidfd of a reaped process fails with ESRCH). Never
+ * pid 1 or the daemon itself, whatever the file says. */
+static gboolean
+kill_members(const char *dir, guint *out_listed, GError **error)
+{
+    g_autofree char *text = cg_read(dir, "cgroup.procs", error);
+    if (text == NULL)
+        return FALSE;
+    g_autoptr(GArray) pids = parse_pids(text);
+    *out_listed = pids->len;
+    if (pids->len == 0)
+        return TRUE;
+
+    g_autoptr(GArray) fds = g_array_new(FALSE, FALSE, sizeof(int));
+    gboolean no_pidfd = FALSE;
+    for (guint i = 0; i < pids->len; i++) {
+        pid_t pid = g_array_index(pids, pid_t, i);
+        int fd = -1;
+        if (pid > 1 && pid != getpid() && !no_pidfd) {
+            fd = (int)syscall(SYS_pidfd_open, pid, 0);
+            if (fd < 0 && errno == ENOSYS)
+                no_pidfd = TRUE; /* kernel < 5.3: plain kill() below */
+        }
+        g_array_append_val(fds, fd);
+    }
+    g_autofree char *again = cg_read(dir, "cgroup.procs", NULL);
+    g_autoptr(GArray) still = parse_pids(again ? again : "");
+    for (guint i = 0; i < pids->len; i++) {
+        pid_t pid = g_array_index(pids, pid_t, i);
+        int fd = g_array_index(fds, int, i);
+        if (pid > 1 && pid != getpid() && pids_contain(still, pid)) {
+            if (fd >= 0)
+                (void)syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0);
+            else if (no_pidfd)
+                (void)kill(pid, SIGKILL);
+        }
+        if (fd >= 0)
+            (void)close(fd);
+    }
+    return TRUE;
 }
 
 static gboolean
@@ -1008,8 +1060,9 @@ sbx_cgroup_try_destroy(SbxCgroup *self, GError **error)
         g_autoptr(GError) local = NULL;
         if (d->removed)
             continue;
-        g_autofree char *procs = cg_read(d->path, "cgroup.procs", &local);
-        if (procs == NULL) {
+        guint listed = 0;
+        /* v1, or v2 without cgroup.kill: SIGKILL each member (the pids cap bounds forks) */
+        if (!kill_members(d->path, &listed, &local)) {
             if (g_error_matches(local, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)) {
                 d->removed = !g_file_test(d->path, G_FILE_TEST_EXISTS);
                 if (d->removed)
@@ -1018,8 +1071,7 @@ sbx_cgroup_try_destroy(SbxCgroup *self, GError **error)
             g_propagate_prefixed_error(error, g_steal_pointer(&local), "cgroup %s: ", self->name);
             return FALSE;
         }
-        /* v1, or v2 without cgroup.kill: SIGKILL each member (the pids cap bounds forks) */
-        if (procs_kill(procs, TRUE) > 0) {
+        if (listed > 0) {
             busy++;
             continue;
         }
