@@ -523,6 +523,13 @@ qmp_client_set_default_timeout(QmpClient *self, guint timeout_ms)
     self->default_timeout_ms = timeout_ms;
 }
 
+guint
+qmp_client_get_default_timeout(QmpClient *self)
+{
+    g_return_val_if_fail(QMP_IS_CLIENT(self), 0);
+    return self->default_timeout_ms;
+}
+
 void
 qmp_client_set_max_pending(QmpClient *self, guint max_pending)
 {

@@ -44,7 +44,9 @@ QmpClient *qmp_client_new(GSocketConnection *connection);
 /* Take ownership of a connected UNIX stream socket fd (closed on failure too). */
 QmpClient *qmp_client_new_for_fd(int fd, GError **error);
 
+/* Timeout used for QMP_TIMEOUT_DEFAULT (0: none). */
 void qmp_client_set_default_timeout(QmpClient *self, guint timeout_ms);
+guint qmp_client_get_default_timeout(QmpClient *self);
 /* Commands in flight (including timed-out/cancelled ones whose reply is still owed). */
 void qmp_client_set_max_pending(QmpClient *self, guint max_pending);
 guint qmp_client_get_n_pending(QmpClient *self);
