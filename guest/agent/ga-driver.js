@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: MIT
+// JavaScript (node) REPL driver of the schedulerd guest agent (embedded into
+// sbx-agent and run as `node -e <this>`). Same fd 3 / fd 4 protocol as
+// ga-driver.py. Code runs with vm.runInThisContext, so top-level var/let/const
+// and functions persist between execs; a returned promise is awaited and the
+// exec ends when the event loop has no more timers or I/O of the user's.
+'use strict';
+(function () {
+  const fs = require('fs');
+  const vm = require('vm');
+  const RFD = 3, WFD = 4;
+  globalThis.require = require;
+  class SbxExit { constructor(code) { this.code = code; } }
+  process.exit = function (code) {
+    throw new SbxExit(code === undefined ? (process.exitCode || 0) : code);
+  };
+  let rc = 0;
+  const fmt = (e) => (e && e.stack ? String(e.stack) : 'Uncaught ' + String(e)) + '\n';
+  const onError = (e) => {
+    if (e instanceof SbxExit) { rc = Number(e.code) & 0xff; return; }
+    try { fs.writeSync(2, fmt(e)); } catch (_) { /* ignore */ }
+    rc = 1;
+  };
+  process.on('uncaughtException', onError);
+  process.on('unhandledRejection', onError);
+  const readn = (n) => {
+    const b = Buffer.alloc(n);
+    let off = 0;
+    while (off < n) {
+      let r;
+      try { r = fs.readSync(RFD, b, off, n - off, null); } catch (e) {
+        if (e.code === 'EAGAIN' || e.code === 'EINTR') continue;
+        throw e;
+      }
+      if (r === 0) process.reallyExit(0);
+      off += r;
+    }
+    return b;
+  };
+  // The exec is over when the user's code holds no more event-loop resources
+  // than the driver itself (counted per type, stdio handles created first).
+  const count = () => {
+    const m = new Map();
+    for (const r of process.getActiveResourcesInfo()) m.set(r, (m.get(r) || 0) + 1);
+    return m;
+  };
+  void process.stdout; void process.stderr;
+  const baseline = count();
+  const busy = () => {
+    for (const [r, n] of count()) if (n > (baseline.get(r) || 0)) return true;
+    return false;
+  };
+  const tick = () => new Promise((res) => setImmediate(res));
+  const settle = async () => {
+    await tick();
+    while (busy()) await new Promise((res) => setTimeout(res, 1));
+  };
+  async function loop() {
+    fs.writeSync(WFD, 'ready\n');
+    for (;;) {
+      const h = readn(8);
+      const clen = h.readUInt32BE(0), elen = h.readUInt32BE(4);
+      const envb = elen ? readn(elen).toString('utf8') : '';
+      const code = readn(clen).toString('utf8');
+      const saved = Object.assign({}, process.env);
+      for (const kv of envb.split('\0')) {
+        if (!kv) continue;
+        const i = kv.indexOf('=');
+        process.env[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      rc = 0;
+      try {
+        const r = vm.runInThisContext(code, { filename: '<exec>' });
+        if (r && typeof r.then === 'function') await r;
+      } catch (e) { onError(e); }
+      try { await settle(); } catch (e) { onError(e); }
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      Object.assign(process.env, saved);
+      const cu = process.cpuUsage();
+      const ru = process.resourceUsage();
+      fs.writeSync(WFD, `done ${rc} ${cu.user} ${cu.system} ${ru.maxRSS}\n`);
+    }
+  }
+  loop();
+})();
