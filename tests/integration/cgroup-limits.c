@@ -14,13 +14,14 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/sbx-spawn.h"
 #include "scheduler/sbx-cgroup.h"
 
-#define N_TESTS 14
+#define N_TESTS 15
 
 static guint test_no;
 static guint failures;
@@ -362,6 +363,47 @@ test_sweep(void)
         "the orphan's process was SIGKILLed by the sweep");
 }
 
+/* Not root (uid/gid 65534 in a forked child): the real tree is not writable, so the
+ * manager must come up in mode NONE with a reason, not fail. */
+static void
+test_unprivileged(void)
+{
+    int p[2];
+    if (pipe(p) != 0) {
+        tap(FALSE, "pipe");
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        if (setgroups(0, NULL) != 0 || setresgid(65534, 65534, 65534) != 0 ||
+            setresuid(65534, 65534, 65534) != 0)
+            _exit(2);
+        g_autofree char *name = g_strdup_printf("%s-nobody", base);
+        SbxCgroupConfig cfg = {.base_name = name};
+        SbxCgroupManager *m = sbx_cgroup_manager_new(&cfg, NULL);
+        if (m == NULL)
+            _exit(3);
+        g_autofree char *line = g_strdup_printf("%s|%s", sbx_cgroup_mode_to_string(
+                                                              sbx_cgroup_manager_get_mode(m)),
+                                                sbx_cgroup_manager_get_reason(m));
+        (void)!write(p[1], line, strlen(line));
+        _exit(0);
+    }
+    close(p[1]);
+    char buf[2048] = {0};
+    gsize got = 0;
+    ssize_t n;
+    while (got < sizeof buf - 1 && (n = read(p[0], buf + got, sizeof buf - 1 - got)) > 0)
+        got += (gsize)n;
+    close(p[0]);
+    int st = 0;
+    (void)waitpid(pid, &st, 0);
+    tap(WIFEXITED(st) && WEXITSTATUS(st) == 0 && g_str_has_prefix(buf, "none|") &&
+            strstr(buf, "without cgroup limits"),
+        "unprivileged: mode none with a reason, no error (%s)", buf);
+}
+
 int
 main(void)
 {
@@ -389,6 +431,7 @@ main(void)
     tap((sbx_cgroup_manager_get_controllers(m) & want) == want,
         "memory, cpu and pids controllers found (mode %s)", sbx_cgroup_mode_to_string(mode));
 
+    test_unprivileged(); /* forks: first, while no GLib thread exists yet */
     test_oom(m);
     test_pids_and_cpu(m);
     test_sweep();
