@@ -28,7 +28,7 @@
 #include "common/sbx-fd.h"
 
 #define CPU_PERIOD_US 100000
-#define CG_READ_MAX (1024 * 1024)
+#define CG_READ_MAX   (1024 * 1024)
 
 typedef struct {
     char *mount;    /* mount point (with fs_root) */
@@ -48,8 +48,8 @@ struct _SbxCgroupManager {
     SbxCgroupMode mode;
     char *reason;
     guint controllers;
-    GPtrArray *hiers;  /* Hier* */
-    GHashTable *live;  /* name -> SbxCgroup* (not owned) */
+    GPtrArray *hiers; /* Hier* */
+    GHashTable *live; /* name -> SbxCgroup* (not owned) */
 };
 
 typedef struct {
@@ -293,7 +293,8 @@ unescape_mount(const char *s)
     for (const char *p = s; *p; p++) {
         if (p[0] == '\\' && g_ascii_isdigit(p[1]) && g_ascii_isdigit(p[2]) &&
             g_ascii_isdigit(p[3])) {
-            g_string_append_c(out, (char)(((p[1] - '0') << 6) | ((p[2] - '0') << 3) | (p[3] - '0')));
+            g_string_append_c(out,
+                              (char)(((p[1] - '0') << 6) | ((p[2] - '0') << 3) | (p[3] - '0')));
             p += 3;
         } else {
             g_string_append_c(out, *p);
@@ -367,8 +368,7 @@ path_under_mount(const char *fs_root, const char *mount, const char *mount_root,
     return g_build_filename(fs_root, mount, rel, NULL);
 }
 
-static void
-set_none(SbxCgroupManager *self, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void set_none(SbxCgroupManager *self, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static void
 set_none(SbxCgroupManager *self, const char *fmt, ...)
@@ -540,8 +540,8 @@ detect(SbxCgroupManager *self, GError **error)
     }
 
     if (((v1_bits | v2_bits) & ~SBX_CGROUP_CONTROLLER_CPUACCT) == 0) {
-        set_none(self, "no memory, cpu or pids controller available%s%s",
-                 v2_note ? ": " : "", v2_note ? v2_note : "");
+        set_none(self, "no memory, cpu or pids controller available%s%s", v2_note ? ": " : "",
+                 v2_note ? v2_note : "");
         return TRUE;
     }
 
@@ -569,7 +569,9 @@ detect(SbxCgroupManager *self, GError **error)
         self->controllers |= h->controllers;
         any_v2 |= h->v2;
     }
-    self->mode = !any_v1 ? SBX_CGROUP_MODE_V2 : any_v2 ? SBX_CGROUP_MODE_HYBRID : SBX_CGROUP_MODE_V1;
+    self->mode = !any_v1  ? SBX_CGROUP_MODE_V2
+                 : any_v2 ? SBX_CGROUP_MODE_HYBRID
+                          : SBX_CGROUP_MODE_V1;
 
     GString *r = g_string_new(NULL);
     g_string_append_printf(r, "cgroup mode %s:", sbx_cgroup_mode_to_string(self->mode));
@@ -579,8 +581,9 @@ detect(SbxCgroupManager *self, GError **error)
         g_string_append_printf(r, " %s%s%s at %s;", h->v2 ? "v2 " : "v1 ", c,
                                h->controllers ? "" : "process tracking", h->base_dir);
     }
-    guint missing = (SBX_CGROUP_CONTROLLER_MEMORY | SBX_CGROUP_CONTROLLER_CPU |
-                     SBX_CGROUP_CONTROLLER_PIDS) & ~self->controllers;
+    guint missing =
+        (SBX_CGROUP_CONTROLLER_MEMORY | SBX_CGROUP_CONTROLLER_CPU | SBX_CGROUP_CONTROLLER_PIDS) &
+        ~self->controllers;
     if (missing) {
         g_autofree char *c = controllers_to_string(missing);
         g_string_append_printf(r, " no %s controller: those limits are not enforced;", c);
@@ -738,8 +741,7 @@ static gboolean
 valid_name(const char *name)
 {
     return name && name[0] && !strchr(name, '/') && !g_str_equal(name, ".") &&
-           !g_str_equal(name, "..") && strlen(name) < 200 &&
-           !g_str_has_prefix(name, "cgroup.");
+           !g_str_equal(name, "..") && strlen(name) < 200 && !g_str_has_prefix(name, "cgroup.");
 }
 
 static CgDir *
@@ -1077,8 +1079,8 @@ sbx_cgroup_try_destroy(SbxCgroup *self, GError **error)
         }
         if (!remove_dir(m, d, &local)) {
             if (!g_error_matches(local, G_IO_ERROR, G_IO_ERROR_BUSY)) {
-                g_propagate_prefixed_error(error, g_steal_pointer(&local), "cgroup %s: ",
-                                           self->name);
+                g_propagate_prefixed_error(error, g_steal_pointer(&local),
+                                           "cgroup %s: ", self->name);
                 return FALSE;
             }
             busy++;
@@ -1242,8 +1244,8 @@ sbx_cgroup_manager_sweep_orphans_async(SbxCgroupManager *self, const char *prefi
         prefix = "vm-";
 
     /* name -> SbxCgroup adopting the directories found in every hierarchy */
-    g_autoptr(GHashTable) found = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
-                                                        g_object_unref);
+    g_autoptr(GHashTable) found =
+        g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_object_unref);
     g_autoptr(GPtrArray) order = g_ptr_array_new();
     for (guint i = 0; i < self->hiers->len; i++) {
         Hier *h = g_ptr_array_index(self->hiers, i);

@@ -40,10 +40,10 @@ typedef struct {
 } SbxCgroupConfig;
 
 typedef struct {
-    guint64 mem_max;         /* bytes; 0 = no limit (memory.max / memory.limit_in_bytes) */
-    guint64 mem_high;        /* bytes; 0 = none (memory.high / memory.soft_limit_in_bytes) */
-    guint32 cpu_quota_millis;/* 1000 = one core; 0 = no limit (cpu.max / cfs_quota_us) */
-    guint32 pids_max;        /* 0 = no limit (pids.max) */
+    guint64 mem_max;          /* bytes; 0 = no limit (memory.max / memory.limit_in_bytes) */
+    guint64 mem_high;         /* bytes; 0 = none (memory.high / memory.soft_limit_in_bytes) */
+    guint32 cpu_quota_millis; /* 1000 = one core; 0 = no limit (cpu.max / cfs_quota_us) */
+    guint32 pids_max;         /* 0 = no limit (pids.max) */
 } SbxCgroupLimits;
 
 typedef struct {
@@ -51,10 +51,10 @@ typedef struct {
     guint64 memory_peak_bytes; /* memory.max_usage_in_bytes / memory.peak, else the
                                   highest memory.current seen by read_stats */
     guint64 memory_current_bytes;
-    guint64 nr_throttled;      /* cpu.stat nr_throttled */
-    guint64 oom_kills;         /* memory.oom_control / memory.events oom_kill */
-    guint64 pids_current;      /* pids.current */
-    guint64 pids_max_hits;     /* pids.events "max": forks refused by pids.max */
+    guint64 nr_throttled;  /* cpu.stat nr_throttled */
+    guint64 oom_kills;     /* memory.oom_control / memory.events oom_kill */
+    guint64 pids_current;  /* pids.current */
+    guint64 pids_max_hits; /* pids.events "max": forks refused by pids.max */
 } SbxCgroupStats;
 
 /* Controller bits for sbx_cgroup_manager_get_controllers(). */
@@ -112,8 +112,8 @@ gboolean sbx_cgroup_destroy_finish(SbxCgroup *self, GAsyncResult *result, GError
  * manager and still alive are skipped. Returns the names removed (owned, may be empty);
  * fails if any could not be removed (they stay for the next sweep). */
 void sbx_cgroup_manager_sweep_orphans_async(SbxCgroupManager *self, const char *prefix,
-                                            GCancellable *cancellable,
-                                            GAsyncReadyCallback callback, gpointer user_data);
+                                            GCancellable *cancellable, GAsyncReadyCallback callback,
+                                            gpointer user_data);
 GPtrArray *sbx_cgroup_manager_sweep_orphans_finish(SbxCgroupManager *self, GAsyncResult *result,
                                                    GError **error);
 

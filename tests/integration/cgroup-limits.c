@@ -27,8 +27,7 @@ static guint test_no;
 static guint failures;
 static char *base;
 
-static void G_GNUC_PRINTF(2, 3)
-tap(gboolean ok, const char *fmt, ...)
+static void G_GNUC_PRINTF(2, 3) tap(gboolean ok, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -40,8 +39,7 @@ tap(gboolean ok, const char *fmt, ...)
         failures++;
 }
 
-static void G_GNUC_PRINTF(1, 2)
-diag(const char *fmt, ...)
+static void G_GNUC_PRINTF(1, 2) diag(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -159,8 +157,8 @@ count_existing(GPtrArray *dirs)
     return n;
 }
 
-static SbxChild *
-spawn_in(SbxCgroup *cg, GError **error, const char *first, ...) G_GNUC_NULL_TERMINATED;
+static SbxChild *spawn_in(SbxCgroup *cg, GError **error, const char *first,
+                          ...) G_GNUC_NULL_TERMINATED;
 
 static SbxChild *
 spawn_in(SbxCgroup *cg, GError **error, const char *first, ...)
@@ -190,8 +188,8 @@ static void
 test_oom(SbxCgroupManager *m)
 {
     g_autoptr(GError) error = NULL;
-    SbxCgroupLimits l = {.mem_max = 64 << 20, .mem_high = 0, .cpu_quota_millis = 500,
-                         .pids_max = 16};
+    SbxCgroupLimits l = {
+        .mem_max = 64 << 20, .mem_high = 0, .cpu_quota_millis = 500, .pids_max = 16};
     g_autoptr(SbxCgroup) cg = sbx_cgroup_manager_create(m, "vm-oom", &l, &error);
     tap(cg != NULL, "create vm-oom (64 MiB, 0.5 core, 16 pids)%s%s", error ? ": " : "",
         error ? error->message : "");
@@ -207,7 +205,7 @@ test_oom(SbxCgroupManager *m)
     g_autofree char *cmax = cd ? g_build_filename(cd, "cpu.max", NULL) : NULL;
     g_autofree char *mem =
         md ? read_file(md, g_file_test(mmax, G_FILE_TEST_EXISTS) ? "memory.max"
-                                                                  : "memory.limit_in_bytes")
+                                                                 : "memory.limit_in_bytes")
            : g_strdup("(no memory controller)");
     g_autofree char *cpu =
         cd ? read_file(cd, g_file_test(cmax, G_FILE_TEST_EXISTS) ? "cpu.max" : "cpu.cfs_quota_us")
@@ -218,11 +216,11 @@ test_oom(SbxCgroupManager *m)
 
     g_autofree char *suffix = g_strdup_printf("/%s/vm-oom", base);
     g_autoptr(GPtrArray) dirs = dirs_of(cg);
-    g_autofree char *prog = g_strdup_printf(
-        "import sys\n"
-        "sys.stdout.write(open('/proc/self/cgroup').read()); sys.stdout.flush()\n"
-        "b = b'x' * (200 << 20)\n"
-        "print('allocated', len(b))\n");
+    g_autofree char *prog =
+        g_strdup_printf("import sys\n"
+                        "sys.stdout.write(open('/proc/self/cgroup').read()); sys.stdout.flush()\n"
+                        "b = b'x' * (200 << 20)\n"
+                        "print('allocated', len(b))\n");
     g_autoptr(SbxChild) child = spawn_in(cg, &error, python3(), "-c", prog, NULL);
     if (child == NULL) {
         tap(FALSE, "spawn python3 in vm-oom: %s", error->message);
@@ -234,8 +232,9 @@ test_oom(SbxCgroupManager *m)
     g_autofree char *pc = NULL;
     (void)g_file_get_contents(pc_path, &pc, NULL, NULL);
     guint in_group = pc ? lines_in_group(pc, suffix) : 0;
-    tap(in_group == dirs->len, "right after spawn /proc/<pid>/cgroup names %s in all %u hierarchies (%u)",
-        suffix, dirs->len, in_group);
+    tap(in_group == dirs->len,
+        "right after spawn /proc/<pid>/cgroup names %s in all %u hierarchies (%u)", suffix,
+        dirs->len, in_group);
 
     gboolean exited = wait_child(child);
     int st = sbx_child_get_status(child);
@@ -251,8 +250,7 @@ test_oom(SbxCgroupManager *m)
     gboolean ok = sbx_cgroup_read_stats(cg, &s, &error);
     tap(ok && s.oom_kills >= 1 && s.memory_peak_bytes >= (48u << 20) &&
             s.memory_peak_bytes <= (64u << 20),
-        "stats: oom_kills %" G_GUINT64_FORMAT ", peak %" G_GUINT64_FORMAT
-        " bytes (48..64 MiB)%s%s",
+        "stats: oom_kills %" G_GUINT64_FORMAT ", peak %" G_GUINT64_FORMAT " bytes (48..64 MiB)%s%s",
         s.oom_kills, s.memory_peak_bytes, error ? ": " : "", error ? error->message : "");
     g_clear_error(&error);
 
@@ -275,23 +273,22 @@ test_pids_and_cpu(SbxCgroupManager *m)
     }
     g_autoptr(GPtrArray) dirs = dirs_of(cg);
     /* forks until refused; the forked children stay behind, sleeping, for destroy */
-    const char *prog =
-        "import os, time\n"
-        "n = 0\n"
-        "for i in range(64):\n"
-        "    try:\n"
-        "        pid = os.fork()\n"
-        "    except OSError as e:\n"
-        "        print('fork refused errno', e.errno)\n"
-        "        break\n"
-        "    if pid == 0:\n"
-        "        time.sleep(600)\n"
-        "        os._exit(0)\n"
-        "    n += 1\n"
-        "print('forked', n, flush=True)\n"
-        "t = time.time()\n"
-        "while time.time() - t < 1.0:\n"
-        "    pass\n";
+    const char *prog = "import os, time\n"
+                       "n = 0\n"
+                       "for i in range(64):\n"
+                       "    try:\n"
+                       "        pid = os.fork()\n"
+                       "    except OSError as e:\n"
+                       "        print('fork refused errno', e.errno)\n"
+                       "        break\n"
+                       "    if pid == 0:\n"
+                       "        time.sleep(600)\n"
+                       "        os._exit(0)\n"
+                       "    n += 1\n"
+                       "print('forked', n, flush=True)\n"
+                       "t = time.time()\n"
+                       "while time.time() - t < 1.0:\n"
+                       "    pass\n";
     g_autoptr(SbxChild) child = spawn_in(cg, &error, python3(), "-c", prog, NULL);
     if (child == NULL) {
         tap(FALSE, "spawn python3 in vm-pids: %s", error->message);
@@ -311,8 +308,8 @@ test_pids_and_cpu(SbxCgroupManager *m)
         " after the parent exited, refused forks %" G_GUINT64_FORMAT ")",
         s.pids_current, s.pids_max_hits);
     tap(ok && s.cpu_usage_ns > 0 && s.nr_throttled >= 1,
-        "cpu usage reported (%.3f s) and a 1 s busy loop at 0.5 core was throttled (%" G_GUINT64_FORMAT
-        " periods)",
+        "cpu usage reported (%.3f s) and a 1 s busy loop at 0.5 core was throttled "
+        "(%" G_GUINT64_FORMAT " periods)",
         s.cpu_usage_ns / 1e9, s.nr_throttled);
     g_clear_error(&error);
 
@@ -333,8 +330,8 @@ test_sweep(void)
         /* a predecessor that crashed: its manager and group objects go away, the
          * directories and the process in them stay */
         g_autoptr(SbxCgroupManager) old = sbx_cgroup_manager_new(&cfg, &error);
-        g_autoptr(SbxCgroup) cg = old ? sbx_cgroup_manager_create(old, "vm-orphan", NULL, &error)
-                                      : NULL;
+        g_autoptr(SbxCgroup) cg =
+            old ? sbx_cgroup_manager_create(old, "vm-orphan", NULL, &error) : NULL;
         if (cg) {
             dirs = dirs_of(cg);
             child = spawn_in(cg, &error, "sleep", "600", NULL);
@@ -351,10 +348,10 @@ test_sweep(void)
     sbx_cgroup_manager_sweep_orphans_async(m, NULL, NULL, waiter_cb, &w);
     g_autoptr(GAsyncResult) res = run_until_done(&w);
     g_main_loop_unref(w.loop);
-    g_autoptr(GPtrArray) removed = res ? sbx_cgroup_manager_sweep_orphans_finish(m, res, &error)
-                                       : NULL;
-    gboolean named = removed && removed->len == 1 &&
-                     g_str_equal(g_ptr_array_index(removed, 0), "vm-orphan");
+    g_autoptr(GPtrArray) removed =
+        res ? sbx_cgroup_manager_sweep_orphans_finish(m, res, &error) : NULL;
+    gboolean named =
+        removed && removed->len == 1 && g_str_equal(g_ptr_array_index(removed, 0), "vm-orphan");
     tap(named && count_existing(dirs) == 0, "orphan sweep removed vm-orphan (%u dirs left)%s%s",
         count_existing(dirs), error ? ": " : "", error ? error->message : "");
     gboolean exited = wait_child(child);
@@ -384,9 +381,9 @@ test_unprivileged(void)
         SbxCgroupManager *m = sbx_cgroup_manager_new(&cfg, NULL);
         if (m == NULL)
             _exit(3);
-        g_autofree char *line = g_strdup_printf("%s|%s", sbx_cgroup_mode_to_string(
-                                                              sbx_cgroup_manager_get_mode(m)),
-                                                sbx_cgroup_manager_get_reason(m));
+        g_autofree char *line =
+            g_strdup_printf("%s|%s", sbx_cgroup_mode_to_string(sbx_cgroup_manager_get_mode(m)),
+                            sbx_cgroup_manager_get_reason(m));
         (void)!write(p[1], line, strlen(line));
         _exit(0);
     }
@@ -426,8 +423,8 @@ main(void)
     }
     printf("1..%d\n", N_TESTS);
     diag("%s", sbx_cgroup_manager_get_reason(m));
-    guint want = SBX_CGROUP_CONTROLLER_MEMORY | SBX_CGROUP_CONTROLLER_CPU |
-                 SBX_CGROUP_CONTROLLER_PIDS;
+    guint want =
+        SBX_CGROUP_CONTROLLER_MEMORY | SBX_CGROUP_CONTROLLER_CPU | SBX_CGROUP_CONTROLLER_PIDS;
     tap((sbx_cgroup_manager_get_controllers(m) & want) == want,
         "memory, cpu and pids controllers found (mode %s)", sbx_cgroup_mode_to_string(mode));
 

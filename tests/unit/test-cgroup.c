@@ -180,9 +180,9 @@ test_v2_layout(void **state)
     g_autoptr(SbxCgroupManager) m = manager(f->root, &error);
     assert_non_null(m);
     assert_int_equal(sbx_cgroup_manager_get_mode(m), SBX_CGROUP_MODE_V2);
-    assert_int_equal(sbx_cgroup_manager_get_controllers(m),
-                     SBX_CGROUP_CONTROLLER_MEMORY | SBX_CGROUP_CONTROLLER_CPU |
-                         SBX_CGROUP_CONTROLLER_PIDS);
+    assert_int_equal(sbx_cgroup_manager_get_controllers(m), SBX_CGROUP_CONTROLLER_MEMORY |
+                                                                SBX_CGROUP_CONTROLLER_CPU |
+                                                                SBX_CGROUP_CONTROLLER_PIDS);
     assert_non_null(strstr(sbx_cgroup_manager_get_reason(m), "v2"));
     /* controllers delegated down to the VM groups */
     assert_file(f->root, "sys/fs/cgroup/system.slice/schedulerd.service/cgroup.subtree_control",
@@ -243,7 +243,8 @@ test_hybrid_layout(void **state)
 
     g_autoptr(SbxCgroup) cg = sbx_cgroup_manager_create(m, "vm-7", &limits_64m, &error);
     assert_non_null(cg);
-    assert_file(f->root, "sys/fs/cgroup/memory/process_api/abc/schedulerd/vm-7/memory.limit_in_bytes",
+    assert_file(f->root,
+                "sys/fs/cgroup/memory/process_api/abc/schedulerd/vm-7/memory.limit_in_bytes",
                 "67108864");
     assert_file(f->root,
                 "sys/fs/cgroup/memory/process_api/abc/schedulerd/vm-7/memory.memsw.limit_in_bytes",
@@ -261,9 +262,11 @@ test_hybrid_layout(void **state)
     /* one procs file per hierarchy: unified (first), cpu, cpuacct, memory, pids */
     GPtrArray *procs = sbx_cgroup_get_procs_files(cg);
     assert_int_equal(procs->len, 5);
-    g_autofree char *first = g_build_filename(f->root, "sys/fs/cgroup/unified/schedulerd/vm-7/cgroup.procs", NULL);
+    g_autofree char *first =
+        g_build_filename(f->root, "sys/fs/cgroup/unified/schedulerd/vm-7/cgroup.procs", NULL);
     assert_string_equal(g_ptr_array_index(procs, 0), first);
-    g_autofree char *mem = g_build_filename(f->root, "sys/fs/cgroup/memory/process_api/abc/schedulerd/vm-7", NULL);
+    g_autofree char *mem =
+        g_build_filename(f->root, "sys/fs/cgroup/memory/process_api/abc/schedulerd/vm-7", NULL);
     assert_string_equal(sbx_cgroup_get_dir(cg, SBX_CGROUP_CONTROLLER_MEMORY), mem);
     assert_true(sbx_cgroup_try_destroy(cg, &error));
 }
@@ -441,8 +444,9 @@ test_stats_v2(void **state)
     g_autofree char *stat = g_strconcat(d, "cpu.stat", NULL);
     g_autofree char *cur = g_strconcat(d, "memory.current", NULL);
     g_autofree char *ev = g_strconcat(d, "memory.events", NULL);
-    put(f->root, stat, "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 4\n"
-                       "nr_throttled 2\nthrottled_usec 100\n");
+    put(f->root, stat,
+        "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 4\n"
+        "nr_throttled 2\nthrottled_usec 100\n");
     put(f->root, cur, "5000\n");
     put(f->root, ev, "low 0\nhigh 3\nmax 4\noom 1\noom_kill 1\noom_group_kill 1\n");
 
@@ -566,8 +570,8 @@ test_sweep_orphans(void **state)
     g_autofree char *pid = g_strdup_printf("%d\n", (int)sbx_child_get_pid(child));
     const char *hiers[] = {"unified", "cpu", "cpuacct", "memory/process_api/abc", "pids"};
     for (guint i = 0; i < G_N_ELEMENTS(hiers); i++) {
-        g_autofree char *p = g_strdup_printf("sys/fs/cgroup/%s/schedulerd/vm-old/cgroup.procs",
-                                             hiers[i]);
+        g_autofree char *p =
+            g_strdup_printf("sys/fs/cgroup/%s/schedulerd/vm-old/cgroup.procs", hiers[i]);
         put(f->root, p, i == 3 ? pid : "");
     }
     put(f->root, "sys/fs/cgroup/cpu/schedulerd/vm-half/cgroup.procs", "");
