@@ -49,7 +49,8 @@ struct _SbxCgroupManager {
     char *reason;
     guint controllers;
     GPtrArray *hiers; /* Hier* */
-    GHashTable *live; /* name -> SbxCgroup* (not owned) */
+    GMutex lock;      /* guards live: creates and destroys may run in worker threads */
+    GHashTable *live; /* name -> SbxCgroup* (not owned), reserved from before mkdir */
 };
 
 typedef struct {
@@ -605,6 +606,7 @@ sbx_cgroup_manager_finalize(GObject *object)
     g_free(self->reason);
     g_ptr_array_unref(self->hiers);
     g_hash_table_unref(self->live);
+    g_mutex_clear(&self->lock);
     G_OBJECT_CLASS(sbx_cgroup_manager_parent_class)->finalize(object);
 }
 
@@ -619,6 +621,7 @@ sbx_cgroup_manager_init(SbxCgroupManager *self)
 {
     self->hiers = g_ptr_array_new_with_free_func(hier_free);
     self->live = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_mutex_init(&self->lock);
 }
 
 SbxCgroupManager *
@@ -706,8 +709,11 @@ static void
 sbx_cgroup_finalize(GObject *object)
 {
     SbxCgroup *self = SBX_CGROUP(object);
-    if (self->registered)
+    if (self->registered) {
+        g_mutex_lock(&self->mgr->lock);
         g_hash_table_remove(self->mgr->live, self->name);
+        g_mutex_unlock(&self->mgr->lock);
+    }
     g_free(self->name);
     g_ptr_array_unref(self->dirs);
     g_ptr_array_unref(self->procs);
@@ -829,11 +835,17 @@ sbx_cgroup_manager_create(SbxCgroupManager *self, const char *name, const SbxCgr
                     name ? name : "(null)");
         return NULL;
     }
-    if (g_hash_table_contains(self->live, name)) {
+    g_autoptr(SbxCgroup) cg = cgroup_new(self, name);
+    g_mutex_lock(&self->lock);
+    gboolean taken = g_hash_table_contains(self->live, name);
+    if (!taken)
+        g_hash_table_insert(self->live, g_strdup(name), cg); /* reserved: the sweep skips it */
+    g_mutex_unlock(&self->lock);
+    if (taken) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_EXISTS, "cgroup %s is already in use", name);
         return NULL;
     }
-    g_autoptr(SbxCgroup) cg = cgroup_new(self, name);
+    cg->registered = TRUE;
     for (guint i = 0; i < self->hiers->len; i++) {
         Hier *h = g_ptr_array_index(self->hiers, i);
         g_autofree char *path = g_build_filename(h->base_dir, name, NULL);
@@ -853,8 +865,6 @@ sbx_cgroup_manager_create(SbxCgroupManager *self, const char *name, const SbxCgr
     }
     if (limits && !write_limits(cg, limits, error))
         goto fail;
-    g_hash_table_insert(self->live, g_strdup(name), cg);
-    cg->registered = TRUE;
     return g_steal_pointer(&cg);
 
 fail:
@@ -863,6 +873,58 @@ fail:
         (void)remove_dir(self, g_ptr_array_index(cg->dirs, i), NULL);
     cg->destroyed = TRUE;
     return NULL;
+}
+
+typedef struct {
+    char *name;
+    SbxCgroupLimits limits;
+    gboolean has_limits;
+} CreateData;
+
+static void
+create_data_free(gpointer p)
+{
+    CreateData *cd = p;
+    g_free(cd->name);
+    g_free(cd);
+}
+
+static void
+create_thread(GTask *task, gpointer source, gpointer data, GCancellable *cancellable)
+{
+    CreateData *cd = data;
+    GError *error = NULL;
+    SbxCgroup *cg = sbx_cgroup_manager_create(SBX_CGROUP_MANAGER(source), cd->name,
+                                              cd->has_limits ? &cd->limits : NULL, &error);
+    if (cg)
+        g_task_return_pointer(task, cg, g_object_unref);
+    else
+        g_task_return_error(task, error);
+}
+
+void
+sbx_cgroup_manager_create_async(SbxCgroupManager *self, const char *name,
+                                const SbxCgroupLimits *limits, GCancellable *cancellable,
+                                GAsyncReadyCallback callback, gpointer user_data)
+{
+    g_return_if_fail(SBX_IS_CGROUP_MANAGER(self));
+    g_autoptr(GTask) task = g_task_new(self, cancellable, callback, user_data);
+    g_task_set_source_tag(task, sbx_cgroup_manager_create_async);
+    CreateData *cd = g_new0(CreateData, 1);
+    cd->name = g_strdup(name);
+    if (limits) {
+        cd->limits = *limits;
+        cd->has_limits = TRUE;
+    }
+    g_task_set_task_data(task, cd, create_data_free);
+    g_task_run_in_thread(task, create_thread);
+}
+
+SbxCgroup *
+sbx_cgroup_manager_create_finish(SbxCgroupManager *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), NULL);
+    return g_task_propagate_pointer(G_TASK(result), error);
 }
 
 const char *
@@ -1093,7 +1155,9 @@ sbx_cgroup_try_destroy(SbxCgroup *self, GError **error)
     }
     self->destroyed = TRUE;
     if (self->registered) {
+        g_mutex_lock(&m->lock);
         g_hash_table_remove(m->live, self->name);
+        g_mutex_unlock(&m->lock);
         self->registered = FALSE;
     }
     return TRUE;
@@ -1118,19 +1182,32 @@ destroy_data_free(gpointer p)
 
 static gboolean destroy_tick(gpointer user_data);
 
+/* One try_destroy in a worker thread: mkdir/rmdir on cgroupfs take cgroup_mutex and
+ * can stall for milliseconds under load, which the main loop must not. */
 static void
-destroy_attempt(GTask *task)
+destroy_attempt_thread(GTask *inner, gpointer source, gpointer data, GCancellable *cancellable)
 {
-    SbxCgroup *self = g_task_get_source_object(task);
+    GError *error = NULL;
+    if (sbx_cgroup_try_destroy(SBX_CGROUP(source), &error))
+        g_task_return_boolean(inner, TRUE);
+    else
+        g_task_return_error(inner, error);
+}
+
+static void
+destroy_attempt_done(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(GTask) task = user_data;
+    SbxCgroup *self = SBX_CGROUP(source);
     DestroyData *dd = g_task_get_task_data(task);
     g_autoptr(GError) error = NULL;
 
-    if (g_task_return_error_if_cancelled(task))
-        return;
-    if (sbx_cgroup_try_destroy(self, &error)) {
+    if (g_task_propagate_boolean(G_TASK(res), &error)) {
         g_task_return_boolean(task, TRUE);
         return;
     }
+    if (g_task_return_error_if_cancelled(task))
+        return;
     if (!g_error_matches(error, G_IO_ERROR, G_IO_ERROR_BUSY) ||
         g_get_monotonic_time() >= dd->deadline) {
         if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_BUSY))
@@ -1140,13 +1217,20 @@ destroy_attempt(GTask *task)
     }
     /* back off 2, 4, ... 64 ms: exits after SIGKILL usually take well under that */
     dd->interval_ms = MIN(dd->interval_ms * 2, 64);
-    if (dd->timer) {
-        g_source_destroy(dd->timer);
-        g_source_unref(dd->timer);
-    }
     dd->timer = g_timeout_source_new(dd->interval_ms);
     g_source_set_callback(dd->timer, destroy_tick, g_object_ref(task), g_object_unref);
     g_source_attach(dd->timer, g_task_get_context(task));
+}
+
+static void
+destroy_attempt(GTask *task)
+{
+    if (g_task_return_error_if_cancelled(task))
+        return;
+    GTask *inner =
+        g_task_new(g_task_get_source_object(task), NULL, destroy_attempt_done, g_object_ref(task));
+    g_task_run_in_thread(inner, destroy_attempt_thread);
+    g_object_unref(inner);
 }
 
 static gboolean
@@ -1252,8 +1336,12 @@ sbx_cgroup_manager_sweep_orphans_async(SbxCgroupManager *self, const char *prefi
         g_autoptr(GDir) dir = g_dir_open(h->base_dir, 0, NULL);
         const char *e;
         while (dir && (e = g_dir_read_name(dir)) != NULL) {
-            if (!g_str_has_prefix(e, prefix) || !valid_name(e) ||
-                g_hash_table_contains(self->live, e))
+            if (!g_str_has_prefix(e, prefix) || !valid_name(e))
+                continue;
+            g_mutex_lock(&self->lock);
+            gboolean live = g_hash_table_contains(self->live, e);
+            g_mutex_unlock(&self->lock);
+            if (live)
                 continue;
             g_autofree char *p = g_build_filename(h->base_dir, e, NULL);
             if (!g_file_test(p, G_FILE_TEST_IS_DIR))

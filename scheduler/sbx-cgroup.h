@@ -85,6 +85,13 @@ const char *sbx_cgroup_mode_to_string(SbxCgroupMode mode);
  * In NONE mode this returns an inert group (no procs files, no limits). */
 SbxCgroup *sbx_cgroup_manager_create(SbxCgroupManager *self, const char *name,
                                      const SbxCgroupLimits *limits, GError **error);
+/* The same in a worker thread (mkdir on cgroupfs can stall for milliseconds under
+ * load): use this from the main loop. */
+void sbx_cgroup_manager_create_async(SbxCgroupManager *self, const char *name,
+                                     const SbxCgroupLimits *limits, GCancellable *cancellable,
+                                     GAsyncReadyCallback callback, gpointer user_data);
+SbxCgroup *sbx_cgroup_manager_create_finish(SbxCgroupManager *self, GAsyncResult *result,
+                                            GError **error);
 
 const char *sbx_cgroup_get_name(SbxCgroup *self);
 /* The cgroup.procs path in EACH hierarchy (borrowed array of strings; empty in NONE
@@ -101,8 +108,9 @@ gboolean sbx_cgroup_read_stats(SbxCgroup *self, SbxCgroupStats *out, GError **er
  * pid of cgroup.procs) and remove the directories. G_IO_ERROR_BUSY while processes
  * remain: retry later (or use destroy_async). Idempotent once it has succeeded. */
 gboolean sbx_cgroup_try_destroy(SbxCgroup *self, GError **error);
-/* Retry try_destroy on a main-context timer until empty (never sleeps); fails with
- * G_IO_ERROR_BUSY after the configured timeout, G_IO_ERROR_CANCELLED if cancelled. */
+/* Run try_destroy in a worker thread, retried on a main-context timer until empty
+ * (never sleeps); fails with G_IO_ERROR_BUSY after the configured timeout,
+ * G_IO_ERROR_CANCELLED if cancelled. Do not call try_destroy while this runs. */
 void sbx_cgroup_destroy_async(SbxCgroup *self, GCancellable *cancellable,
                               GAsyncReadyCallback callback, gpointer user_data);
 gboolean sbx_cgroup_destroy_finish(SbxCgroup *self, GAsyncResult *result, GError **error);

@@ -480,6 +480,20 @@ destroy_cb(GObject *src, GAsyncResult *res, gpointer data)
         *out = g_error_new_literal(G_IO_ERROR, G_IO_ERROR_FAILED, "ok"); /* marks completion */
 }
 
+typedef struct {
+    SbxCgroup *cg;
+    GError *error;
+    gboolean done;
+} CreateResult;
+
+static void
+create_cb(GObject *src, GAsyncResult *res, gpointer data)
+{
+    CreateResult *r = data;
+    r->cg = sbx_cgroup_manager_create_finish(SBX_CGROUP_MANAGER(src), res, &r->error);
+    r->done = TRUE;
+}
+
 static void
 test_destroy_empty(void **state)
 {
@@ -487,9 +501,16 @@ test_destroy_empty(void **state)
     g_autoptr(GError) error = NULL;
     layout_hybrid(f->root);
     g_autoptr(SbxCgroupManager) m = manager(f->root, &error);
-    g_autoptr(SbxCgroup) cg = sbx_cgroup_manager_create(m, "vm-d", &limits_64m, &error);
+    /* created in a worker thread, as the VM lifecycle does from the main loop */
+    CreateResult cr = {0};
+    sbx_cgroup_manager_create_async(m, "vm-d", &limits_64m, NULL, create_cb, &cr);
+    while (!cr.done)
+        g_main_context_iteration(NULL, TRUE);
+    g_autoptr(SbxCgroup) cg = cr.cg;
     assert_non_null(cg);
+    assert_null(cr.error);
     assert_true(exists(f->root, "sys/fs/cgroup/pids/schedulerd/vm-d"));
+    assert_file(f->root, "sys/fs/cgroup/pids/schedulerd/vm-d/pids.max", "16");
 
     GError *done = NULL;
     sbx_cgroup_destroy_async(cg, NULL, destroy_cb, &done);
