@@ -712,6 +712,67 @@ test_available_memory_floor(void **state)
     req_clear(&a); req_clear(&b);
 }
 
+/* ---- the real timers (no fake clock, no manual ticks) ----------------------
+ * Only outcomes are asserted, never durations: the loop blocks until the
+ * GLib timers fire. */
+
+static SbxAdmission *
+make_real_timers(guint gate_recheck_ms)
+{
+    SbxAdmissionConfig cfg;
+    SbxHostCapacity host = { .memory_bytes = 10 * MiB, .cpu_millis = 100000 };
+    SbxAdmissionHooks hooks = { .sample_gates = fake_sample };
+
+    sbx_admission_config_init(&cfg);
+    cfg.memory_overcommit_ratio = 1.0;
+    cfg.cpu_overcommit_ratio = 1.0;
+    cfg.memory_reserve_ratio = 0;
+    cfg.cpu_reserve_cores = 0;
+    cfg.gate_recheck_ms = gate_recheck_ms;
+    fake_gates = (SbxHostPressure){ .psi_memory_full_avg10 = 0, .memory_available_bytes = 100 * GiB };
+    fake_gates_available = TRUE;
+    return sbx_admission_new(&cfg, &host, &hooks);
+}
+
+static void
+test_real_timeout_timer(void **state)
+{
+    g_autoptr(SbxAdmission) adm = make_real_timers(1000);
+    Req hold = { 0 }, a = { 0 }, b = { 0 };
+
+    acquire(adm, &hold, 10, 1, 0, NULL);
+    acquire(adm, &a, 1, 1, 5, NULL);  /* times out */
+    acquire(adm, &b, 1, 1, 0, NULL);  /* waits forever */
+    while (!a.done)
+        g_main_context_iteration(NULL, TRUE);
+    assert_true(g_error_matches(a.error, SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_TIMEOUT));
+    assert_false(b.done);
+    sbx_reservation_release(hold.res);
+    while (!b.done)
+        g_main_context_iteration(NULL, TRUE);
+    assert_non_null(b.res);
+    req_clear(&hold); req_clear(&a); req_clear(&b);
+}
+
+/* External recovery admits a gate-blocked waiter through the re-check timer. */
+static void
+test_real_gate_recheck_timer(void **state)
+{
+    g_autoptr(SbxAdmission) adm = make_real_timers(10);
+    Req a = { 0 };
+
+    fake_gates.psi_memory_full_avg10 = 50.0;
+    acquire(adm, &a, 1, 1, 0, NULL);
+    run_pending();
+    assert_false(a.done);
+    fake_gates.psi_memory_full_avg10 = 0.0;
+    while (!a.done)
+        g_main_context_iteration(NULL, TRUE);
+    assert_non_null(a.res);
+    assert_true(stats(adm).gate_blocks >= 1);
+    req_clear(&a);
+}
+
 int
 main(void)
 {
@@ -731,6 +792,8 @@ main(void)
         cmocka_unit_test(test_release_idempotent),
         cmocka_unit_test(test_psi_gate),
         cmocka_unit_test(test_available_memory_floor),
+        cmocka_unit_test(test_real_timeout_timer),
+        cmocka_unit_test(test_real_gate_recheck_timer),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
