@@ -527,6 +527,29 @@ test_already_cancelled(void **state)
     assert_int_equal(stats(adm).queue_length, 0);
 }
 
+/* Cancelled between admission and callback: the caller sees CANCELLED and
+ * the reservation goes back. */
+static void
+test_cancel_after_grant_before_callback(void **state)
+{
+    g_autoptr(SbxAdmission) adm = make_adm(10, 100, 0, 64, FALSE);
+    g_autoptr(GCancellable) c = g_cancellable_new();
+    Req hold = { 0 }, w = { 0 };
+
+    acquire(adm, &hold, 10, 1, 0, NULL);
+    acquire(adm, &w, 5, 1, 0, c);
+    run_pending();
+    sbx_reservation_release(hold.res);  /* admits w; its callback is pending */
+    assert_int_equal(stats(adm).reservations, 1);
+    g_cancellable_cancel(c);
+    run_pending();
+    assert_true(g_error_matches(w.error, G_IO_ERROR, G_IO_ERROR_CANCELLED));
+    assert_null(w.res);
+    assert_int_equal(stats(adm).reservations, 0);
+    assert_int_equal(stats(adm).memory_in_use_bytes, 0);
+    req_clear(&hold);
+}
+
 static void
 test_timeout_every_position(void **state)
 {
@@ -786,6 +809,7 @@ main(void)
         cmocka_unit_test(test_cancel_every_position),
         cmocka_unit_test(test_cancel_head_unblocks),
         cmocka_unit_test(test_already_cancelled),
+        cmocka_unit_test(test_cancel_after_grant_before_callback),
         cmocka_unit_test(test_timeout_every_position),
         cmocka_unit_test(test_stop_fails_all_waiters),
         cmocka_unit_test(test_no_capacity_message),
