@@ -17,7 +17,7 @@
 
 #define MiB (G_GUINT64_CONSTANT(1024) * 1024)
 
-G_DEFINE_QUARK(sbx-admission-error-quark, sbx_admission_error)
+G_DEFINE_QUARK(sbx - admission - error - quark, sbx_admission_error)
 
 struct _SbxReservation {
     SbxAdmission *owner; /* strong ref */
@@ -36,17 +36,17 @@ typedef struct {
     gint64 enqueued_us;
     gint64 deadline_us; /* 0: none */
     guint timeout_ms;
-    guint bypassed;     /* admissions past this waiter while it was the head */
-    GTask *task;        /* owned */
+    guint bypassed; /* admissions past this waiter while it was the head */
+    GTask *task;    /* owned */
     GSource *timeout_source;
     GSource *cancel_source;
-    GList link;         /* node in self->queue, data = this */
+    GList link; /* node in self->queue, data = this */
 } Waiter;
 
 typedef struct {
-    GTask *task;          /* owned */
-    SbxReservation *res;  /* owned, or NULL */
-    GError *error;        /* owned, or NULL */
+    GTask *task;         /* owned */
+    SbxReservation *res; /* owned, or NULL */
+    GError *error;       /* owned, or NULL */
 } Completion;
 
 struct _SbxAdmission {
@@ -66,8 +66,8 @@ struct _SbxAdmission {
     guint64 next_ticket;
     gboolean stopped;
 
-    GQueue queue;          /* of Waiter, FIFO by ticket */
-    GQueue completions;    /* of Completion */
+    GQueue queue;       /* of Waiter, FIFO by ticket */
+    GQueue completions; /* of Completion */
     GSource *complete_source;
     GSource *recheck_source;
 
@@ -106,19 +106,22 @@ sbx_admission_config_init(SbxAdmissionConfig *cfg)
 }
 
 void
-sbx_admission_config_vm_cost(const SbxAdmissionConfig *cfg, guint64 guest_memory_bytes, guint vcpus, gboolean tcg,
-                             guint64 *out_mem_bytes, guint64 *out_cpu_millis)
+sbx_admission_config_vm_cost(const SbxAdmissionConfig *cfg, guint64 guest_memory_bytes, guint vcpus,
+                             gboolean tcg, guint64 *out_mem_bytes, guint64 *out_cpu_millis)
 {
-    *out_mem_bytes = guest_memory_bytes + cfg->vm_memory_overhead_bytes + (tcg ? cfg->tcg_tb_cache_bytes : 0);
+    *out_mem_bytes =
+        guest_memory_bytes + cfg->vm_memory_overhead_bytes + (tcg ? cfg->tcg_tb_cache_bytes : 0);
     *out_cpu_millis = (guint64)vcpus * 1000 + cfg->vm_cpu_overhead_millis;
 }
 
 void
-sbx_admission_compute_budgets(const SbxAdmissionConfig *cfg, const SbxHostCapacity *host, guint64 *out_mem_bytes,
-                              guint64 *out_cpu_millis)
+sbx_admission_compute_budgets(const SbxAdmissionConfig *cfg, const SbxHostCapacity *host,
+                              guint64 *out_mem_bytes, guint64 *out_cpu_millis)
 {
-    double host_mem = (double)(cfg->host_memory_bytes ? cfg->host_memory_bytes : host->memory_bytes);
-    double host_cpu = (double)(cfg->host_cpu_millis ? cfg->host_cpu_millis : host->cpu_millis) / 1000.0;
+    double host_mem =
+        (double)(cfg->host_memory_bytes ? cfg->host_memory_bytes : host->memory_bytes);
+    double host_cpu =
+        (double)(cfg->host_cpu_millis ? cfg->host_cpu_millis : host->cpu_millis) / 1000.0;
     double mem = host_mem * (1.0 - cfg->memory_reserve_ratio) * cfg->memory_overcommit_ratio;
     double cpu = MAX(0.0, host_cpu - cfg->cpu_reserve_cores) * cfg->cpu_overcommit_ratio;
 
@@ -153,14 +156,15 @@ describe_state(SbxAdmission *self, guint64 mem, guint64 cpu)
     g_autofree char *use_m = fmt_bytes(self->mem_in_use);
     g_autofree char *bud_m = fmt_bytes(self->mem_budget);
 
-    return g_strdup_printf("requested %s memory and %.2f CPUs; in use %s and %.2f CPUs by %u reservation(s), "
-                           "%u waiting; budget %s memory (%s x (1 - memory_reserve_ratio %.2f) x "
-                           "memory_overcommit_ratio %.2f) and %.2f CPUs ((%s - cpu_reserve_cores %.2f) x "
-                           "cpu_overcommit_ratio %.2f)",
-                           req_m, cpu / 1000.0, use_m, self->cpu_in_use / 1000.0, self->reservations,
-                           self->queue.length, bud_m, self->memory_source, self->cfg.memory_reserve_ratio,
-                           self->cfg.memory_overcommit_ratio, self->cpu_budget / 1000.0, self->cpu_source,
-                           self->cfg.cpu_reserve_cores, self->cfg.cpu_overcommit_ratio);
+    return g_strdup_printf(
+        "requested %s memory and %.2f CPUs; in use %s and %.2f CPUs by %u reservation(s), "
+        "%u waiting; budget %s memory (%s x (1 - memory_reserve_ratio %.2f) x "
+        "memory_overcommit_ratio %.2f) and %.2f CPUs ((%s - cpu_reserve_cores %.2f) x "
+        "cpu_overcommit_ratio %.2f)",
+        req_m, cpu / 1000.0, use_m, self->cpu_in_use / 1000.0, self->reservations,
+        self->queue.length, bud_m, self->memory_source, self->cfg.memory_reserve_ratio,
+        self->cfg.memory_overcommit_ratio, self->cpu_budget / 1000.0, self->cpu_source,
+        self->cfg.cpu_reserve_cores, self->cfg.cpu_overcommit_ratio);
 }
 
 /* ---- completions ---------------------------------------------------------- */
@@ -278,7 +282,8 @@ fits(SbxAdmission *self, guint64 mem, guint64 cpu, Pass *pass)
         return FALSE;
     }
     if (self->cfg.available_memory_floor_bytes > 0 && pass->gates.memory_available_bytes >= 0 &&
-        (guint64)pass->gates.memory_available_bytes < mem + self->cfg.available_memory_floor_bytes) {
+        (guint64)pass->gates.memory_available_bytes <
+            mem + self->cfg.available_memory_floor_bytes) {
         pass->gate_blocked = TRUE;
         return FALSE;
     }
@@ -289,10 +294,12 @@ static void
 grant(SbxAdmission *self, Waiter *w, Pass *pass, gint64 now)
 {
     gint64 waited = MAX(0, now - w->enqueued_us);
-    SbxReservation *res = reservation_new(self, w->ticket, w->mem, w->cpu, (guint64)(waited / 1000));
+    SbxReservation *res =
+        reservation_new(self, w->ticket, w->mem, w->cpu, (guint64)(waited / 1000));
 
     if (pass->have && pass->gates.memory_available_bytes >= 0)
-        pass->gates.memory_available_bytes = MAX(0, pass->gates.memory_available_bytes - (gint64)w->mem);
+        pass->gates.memory_available_bytes =
+            MAX(0, pass->gates.memory_available_bytes - (gint64)w->mem);
     self->stats.wakeups++;
     waiter_finish(self, w, res, NULL);
 }
@@ -302,7 +309,8 @@ static gboolean recheck_cb(gpointer data);
 static void
 update_recheck_timer(SbxAdmission *self)
 {
-    gboolean want = !self->stopped && !self->hooks.manual_ticks && self->hooks.sample_gates && self->queue.length > 0;
+    gboolean want = !self->stopped && !self->hooks.manual_ticks && self->hooks.sample_gates &&
+                    self->queue.length > 0;
 
     if (want && !self->recheck_source) {
         self->recheck_source = g_timeout_source_new(self->cfg.gate_recheck_ms);
@@ -319,7 +327,7 @@ update_recheck_timer(SbxAdmission *self)
 static void
 dispatch(SbxAdmission *self)
 {
-    Pass pass = { 0 };
+    Pass pass = {0};
     gint64 now;
     Waiter *head;
     GList *l;
@@ -370,18 +378,21 @@ timeout_error(SbxAdmission *self, Waiter *w)
     g_autofree char *gates = NULL;
 
     if (self->last_gates_valid)
-        gates = g_strdup_printf("; memory PSI full avg10 %.2f (threshold psi_full_avg10_threshold %.2f), "
-                                "available %" G_GINT64_FORMAT " MiB (floor available_memory_floor_mb %" G_GUINT64_FORMAT
-                                ")",
-                                self->last_gates.psi_memory_full_avg10, self->cfg.psi_full_avg10_threshold,
-                                self->last_gates.memory_available_bytes < 0
-                                    ? (gint64)-1
-                                    : self->last_gates.memory_available_bytes / (gint64)MiB,
-                                self->cfg.available_memory_floor_bytes / MiB);
+        gates = g_strdup_printf(
+            "; memory PSI full avg10 %.2f (threshold psi_full_avg10_threshold %.2f), "
+            "available %" G_GINT64_FORMAT " MiB (floor available_memory_floor_mb %" G_GUINT64_FORMAT
+            ")",
+            self->last_gates.psi_memory_full_avg10, self->cfg.psi_full_avg10_threshold,
+            self->last_gates.memory_available_bytes < 0
+                ? (gint64)-1
+                : self->last_gates.memory_available_bytes / (gint64)MiB,
+            self->cfg.available_memory_floor_bytes / MiB);
     return g_error_new(SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_TIMEOUT,
-                       "admission timed out after %u ms at queue position %u: %s%s; raise the overcommit ratios in "
+                       "admission timed out after %u ms at queue position %u: %s%s; raise the "
+                       "overcommit ratios in "
                        "[admission] or the request timeout",
-                       w->timeout_ms, g_queue_link_index(&self->queue, &w->link) + 1, state, gates ? gates : "");
+                       w->timeout_ms, g_queue_link_index(&self->queue, &w->link) + 1, state,
+                       gates ? gates : "");
 }
 
 static gboolean
@@ -402,7 +413,8 @@ waiter_cancelled_cb(GCancellable *cancellable, gpointer data)
     SbxAdmission *self = w->self;
 
     self->stats.cancellations++;
-    fail_waiter(self, w, g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED, "admission was cancelled"));
+    fail_waiter(self, w,
+                g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED, "admission was cancelled"));
     return G_SOURCE_REMOVE;
 }
 
@@ -420,7 +432,8 @@ recheck_cb(gpointer data)
 /* ---- public --------------------------------------------------------------- */
 
 SbxAdmission *
-sbx_admission_new(const SbxAdmissionConfig *cfg, const SbxHostCapacity *host, const SbxAdmissionHooks *hooks)
+sbx_admission_new(const SbxAdmissionConfig *cfg, const SbxHostCapacity *host,
+                  const SbxAdmissionHooks *hooks)
 {
     SbxAdmission *self = g_object_new(SBX_TYPE_ADMISSION, NULL);
 
@@ -432,10 +445,11 @@ sbx_admission_new(const SbxAdmissionConfig *cfg, const SbxHostCapacity *host, co
     if (hooks)
         self->hooks = *hooks;
     sbx_admission_compute_budgets(&self->cfg, host, &self->mem_budget, &self->cpu_budget);
-    self->memory_source = cfg->host_memory_bytes
-                              ? g_strdup_printf("host_memory_mb %" G_GUINT64_FORMAT, cfg->host_memory_bytes / MiB)
-                              : g_strdup_printf("host %" G_GUINT64_FORMAT " MiB from %s", host->memory_bytes / MiB,
-                                                host->memory_source ? host->memory_source : "?");
+    self->memory_source =
+        cfg->host_memory_bytes
+            ? g_strdup_printf("host_memory_mb %" G_GUINT64_FORMAT, cfg->host_memory_bytes / MiB)
+            : g_strdup_printf("host %" G_GUINT64_FORMAT " MiB from %s", host->memory_bytes / MiB,
+                              host->memory_source ? host->memory_source : "?");
     self->cpu_source = cfg->host_cpu_millis
                            ? g_strdup_printf("host_cpus %.2f", cfg->host_cpu_millis / 1000.0)
                            : g_strdup_printf("host %.2f CPUs from %s", host->cpu_millis / 1000.0,
@@ -444,8 +458,9 @@ sbx_admission_new(const SbxAdmissionConfig *cfg, const SbxHostCapacity *host, co
 }
 
 void
-sbx_admission_acquire_async(SbxAdmission *self, guint64 mem_bytes, guint64 cpu_millis, guint timeout_ms,
-                            GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
+sbx_admission_acquire_async(SbxAdmission *self, guint64 mem_bytes, guint64 cpu_millis,
+                            guint timeout_ms, GCancellable *cancellable,
+                            GAsyncReadyCallback callback, gpointer user_data)
 {
     g_autoptr(GTask) task = NULL;
     Waiter *w;
@@ -466,17 +481,18 @@ sbx_admission_acquire_async(SbxAdmission *self, guint64 mem_bytes, guint64 cpu_m
     }
     if (mem_bytes > self->mem_budget || cpu_millis > self->cpu_budget) {
         g_autofree char *state = describe_state(self, mem_bytes, cpu_millis);
-        g_task_return_new_error(task, SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_NO_CAPACITY,
-                                "request is larger than the whole admission budget: %s; to admit it raise [admission] "
-                                "%s in the scheduler configuration",
-                                state,
-                                mem_bytes > self->mem_budget ? "memory_overcommit_ratio (or lower memory_reserve_ratio)"
-                                                             : "cpu_overcommit_ratio (or lower cpu_reserve_cores)");
+        g_task_return_new_error(
+            task, SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_NO_CAPACITY,
+            "request is larger than the whole admission budget: %s; to admit it raise [admission] "
+            "%s in the scheduler configuration",
+            state,
+            mem_bytes > self->mem_budget ? "memory_overcommit_ratio (or lower memory_reserve_ratio)"
+                                         : "cpu_overcommit_ratio (or lower cpu_reserve_cores)");
         return;
     }
     /* No barging: a request may skip the queue only when the queue is empty. */
     if (self->queue.length == 0) {
-        Pass pass = { 0 };
+        Pass pass = {0};
         if (fits(self, mem_bytes, cpu_millis, &pass)) {
             self->stats.immediate_grants++;
             g_task_return_pointer(task, reservation_new(self, ticket, mem_bytes, cpu_millis, 0),
@@ -533,7 +549,7 @@ sbx_admission_stop(SbxAdmission *self)
         return;
     self->stopped = TRUE;
     while ((w = g_queue_peek_head(&self->queue)))
-        waiter_finish(self, w,  NULL,
+        waiter_finish(self, w, NULL,
                       g_error_new_literal(SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_STOPPED,
                                           "admission was stopped while the request was waiting"));
     update_recheck_timer(self);
@@ -618,7 +634,8 @@ sbx_reservation_release(SbxReservation *res)
         return;
     res->released = TRUE;
     self = res->owner;
-    g_assert(self->mem_in_use >= res->mem && self->cpu_in_use >= res->cpu && self->reservations > 0);
+    g_assert(self->mem_in_use >= res->mem && self->cpu_in_use >= res->cpu &&
+             self->reservations > 0);
     self->mem_in_use -= res->mem;
     self->cpu_in_use -= res->cpu;
     self->reservations--;
@@ -668,7 +685,7 @@ host_gates_sample(gpointer data, SbxHostPressure *out)
     gint64 now = g_get_monotonic_time();
 
     if (hg->sampled_at == 0 || now - hg->sampled_at >= HOST_GATES_TTL_US) {
-        SbxHostRoots roots = { hg->proc_root, hg->sys_root, hg->cgroup_root };
+        SbxHostRoots roots = {hg->proc_root, hg->sys_root, hg->cgroup_root};
         sbx_host_pressure_read(&roots, &hg->cap, &hg->cached);
         hg->sampled_at = now;
     }
@@ -679,9 +696,9 @@ host_gates_sample(gpointer data, SbxHostPressure *out)
 SbxAdmission *
 sbx_admission_new_for_host(const SbxAdmissionConfig *cfg, const SbxHostRoots *roots, GError **error)
 {
-    g_auto(SbxHostCapacity) cap = { 0 };
+    g_auto(SbxHostCapacity) cap = {0};
     struct HostGates *hg;
-    SbxAdmissionHooks hooks = { 0 };
+    SbxAdmissionHooks hooks = {0};
     SbxAdmission *self;
 
     if (!sbx_host_capacity_read(roots, &cap, error)) {
@@ -702,8 +719,9 @@ sbx_admission_new_for_host(const SbxAdmissionConfig *cfg, const SbxHostRoots *ro
     hooks.user_data = hg;
     self = sbx_admission_new(cfg, &cap, &hooks);
     self->host_gates = hg;
-    g_info("admission budget: %.1f GiB memory (%s), %.2f CPUs (%s)", self->mem_budget / (1024.0 * MiB),
-           self->memory_source, self->cpu_budget / 1000.0, self->cpu_source);
+    g_info("admission budget: %.1f GiB memory (%s), %.2f CPUs (%s)",
+           self->mem_budget / (1024.0 * MiB), self->memory_source, self->cpu_budget / 1000.0,
+           self->cpu_source);
     return self;
 }
 

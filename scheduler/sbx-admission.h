@@ -34,18 +34,18 @@ typedef enum {
 /* Configuration. The names after each field are the keys of the [admission]
  * group of the daemon's key file (scheduler/sbx-config maps them here). */
 typedef struct {
-    double  memory_overcommit_ratio;      /* memory_overcommit_ratio, default 5.0 */
-    double  cpu_overcommit_ratio;         /* cpu_overcommit_ratio, default 2.0 */
-    double  memory_reserve_ratio;         /* memory_reserve_ratio, default 0.08 */
-    double  cpu_reserve_cores;            /* cpu_reserve_cores, default 0.5 */
+    double memory_overcommit_ratio;       /* memory_overcommit_ratio, default 5.0 */
+    double cpu_overcommit_ratio;          /* cpu_overcommit_ratio, default 2.0 */
+    double memory_reserve_ratio;          /* memory_reserve_ratio, default 0.08 */
+    double cpu_reserve_cores;             /* cpu_reserve_cores, default 0.5 */
     guint64 vm_memory_overhead_bytes;     /* vm_overhead_mb, default 80 MiB */
     guint64 tcg_tb_cache_bytes;           /* tcg_cache_mb, default 128 MiB */
     guint32 vm_cpu_overhead_millis;       /* vm_cpu_overhead_millis, default 250 */
-    double  psi_full_avg10_threshold;     /* psi_full_avg10_threshold, default 10.0; <= 0 off */
+    double psi_full_avg10_threshold;      /* psi_full_avg10_threshold, default 10.0; <= 0 off */
     guint64 available_memory_floor_bytes; /* available_memory_floor_mb, default 0 (off) */
-    guint   bypass_limit;                 /* bypass_limit, default 8; 0 = pure head-of-line */
-    guint   lookahead;                    /* lookahead, default 64 */
-    guint   gate_recheck_ms;              /* gate_recheck_ms, default 1000 */
+    guint bypass_limit;                   /* bypass_limit, default 8; 0 = pure head-of-line */
+    guint lookahead;                      /* lookahead, default 64 */
+    guint gate_recheck_ms;                /* gate_recheck_ms, default 1000 */
     guint64 host_memory_bytes;            /* host_memory_mb override, 0 = detect */
     guint64 host_cpu_millis;              /* host_cpus override (x1000), 0 = detect */
 } SbxAdmissionConfig;
@@ -53,8 +53,9 @@ typedef struct {
 void sbx_admission_config_init(SbxAdmissionConfig *cfg);
 /* What one VM reserves: guest memory + overhead (+ TB cache under TCG) and
  * vcpus + CPU overhead. */
-void sbx_admission_config_vm_cost(const SbxAdmissionConfig *cfg, guint64 guest_memory_bytes, guint vcpus,
-                                  gboolean tcg, guint64 *out_mem_bytes, guint64 *out_cpu_millis);
+void sbx_admission_config_vm_cost(const SbxAdmissionConfig *cfg, guint64 guest_memory_bytes,
+                                  guint vcpus, gboolean tcg, guint64 *out_mem_bytes,
+                                  guint64 *out_cpu_millis);
 /* Budgets from the formulas in the file comment; pure. */
 void sbx_admission_compute_budgets(const SbxAdmissionConfig *cfg, const SbxHostCapacity *host,
                                    guint64 *out_mem_bytes, guint64 *out_cpu_millis);
@@ -85,9 +86,11 @@ SbxAdmission *sbx_admission_new_for_host(const SbxAdmissionConfig *cfg, const Sb
                                          GError **error);
 
 /* timeout_ms 0 = no timeout. Completes with an SbxReservation. */
-void sbx_admission_acquire_async(SbxAdmission *self, guint64 mem_bytes, guint64 cpu_millis, guint timeout_ms,
-                                 GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data);
-SbxReservation *sbx_admission_acquire_finish(SbxAdmission *self, GAsyncResult *result, GError **error);
+void sbx_admission_acquire_async(SbxAdmission *self, guint64 mem_bytes, guint64 cpu_millis,
+                                 guint timeout_ms, GCancellable *cancellable,
+                                 GAsyncReadyCallback callback, gpointer user_data);
+SbxReservation *sbx_admission_acquire_finish(SbxAdmission *self, GAsyncResult *result,
+                                             GError **error);
 
 /* Fails every waiter with STOPPED and refuses new requests; held
  * reservations stay valid and can be released. Idempotent. */
@@ -101,15 +104,15 @@ typedef struct {
     guint64 cpu_budget_millis;
     guint64 memory_in_use_bytes;
     guint64 cpu_in_use_millis;
-    guint   reservations;       /* held now */
-    guint   queue_length;
-    guint64 wakeups;            /* queued waiters completed with a reservation */
-    guint64 immediate_grants;   /* admitted without waiting */
-    guint64 bypass_grants;      /* admitted past a blocked head (subset of wakeups) */
+    guint reservations; /* held now */
+    guint queue_length;
+    guint64 wakeups;          /* queued waiters completed with a reservation */
+    guint64 immediate_grants; /* admitted without waiting */
+    guint64 bypass_grants;    /* admitted past a blocked head (subset of wakeups) */
     guint64 releases;
     guint64 timeouts;
     guint64 cancellations;
-    guint64 gate_blocks;        /* dispatch passes where a gate held the head */
+    guint64 gate_blocks; /* dispatch passes where a gate held the head */
 } SbxAdmissionStats;
 
 void sbx_admission_get_stats(SbxAdmission *self, SbxAdmissionStats *out);

@@ -219,9 +219,9 @@ walk_up(const char *mount, const char *rel, LevelFn fn, gpointer data)
 
 typedef struct {
     const char *file;
-    guint64 best;            /* smallest limit seen */
+    guint64 best; /* smallest limit seen */
     char *best_dir;
-    guint64 period_best;     /* cpu: quota*1000/period */
+    guint64 period_best; /* cpu: quota*1000/period */
 } LimitWalk;
 
 static gboolean
@@ -252,7 +252,8 @@ cpu2_limit_level(const char *dir, gpointer data)
     if (!s)
         return TRUE;
     f = g_strsplit(s, " ", -1);
-    if (g_strv_length(f) == 2 && parse_u64(f[0], &quota) && parse_u64(f[1], &period) && period > 0) {
+    if (g_strv_length(f) == 2 && parse_u64(f[0], &quota) && parse_u64(f[1], &period) &&
+        period > 0) {
         guint64 millis = quota * 1000 / period;
         if (millis < w->best) {
             w->best = millis;
@@ -299,7 +300,7 @@ static void
 apply_mem_limit(SbxHostCapacity *cap, const char *mount, const char *rel, const char *limit_file,
                 const char *usage_file, const char *kind)
 {
-    LimitWalk w = { .file = limit_file, .best = cap->memory_bytes };
+    LimitWalk w = {.file = limit_file, .best = cap->memory_bytes};
 
     walk_up(mount, rel, mem_limit_level, &w);
     if (w.best_dir && w.best < cap->memory_bytes) {
@@ -313,9 +314,10 @@ apply_mem_limit(SbxHostCapacity *cap, const char *mount, const char *rel, const 
 }
 
 static void
-apply_cpu_limit(SbxHostCapacity *cap, const char *mount, const char *rel, LevelFn fn, const char *kind)
+apply_cpu_limit(SbxHostCapacity *cap, const char *mount, const char *rel, LevelFn fn,
+                const char *kind)
 {
-    LimitWalk w = { .best = cap->cpu_millis };
+    LimitWalk w = {.best = cap->cpu_millis};
 
     walk_up(mount, rel, fn, &w);
     if (w.best_dir && w.best < cap->cpu_millis) {
@@ -343,9 +345,10 @@ apply_cpuset(SbxHostCapacity *cap, const char *dir, const char *file, const char
 gboolean
 sbx_host_capacity_read(const SbxHostRoots *roots, SbxHostCapacity *out_cap, GError **error)
 {
-    g_auto(SbxHostCapacity) cap = { 0 };
+    g_auto(SbxHostCapacity) cap = {0};
     g_autofree char *meminfo_path = g_build_filename(proc_root(roots), "meminfo", NULL);
-    g_autofree char *online_path = g_build_filename(sys_root(roots), "devices/system/cpu/online", NULL);
+    g_autofree char *online_path =
+        g_build_filename(sys_root(roots), "devices/system/cpu/online", NULL);
     g_autofree char *meminfo = NULL;
     g_autofree char *online = NULL;
     g_autofree char *v2 = NULL;
@@ -360,7 +363,8 @@ sbx_host_capacity_read(const SbxHostRoots *roots, SbxHostCapacity *out_cap, GErr
     online = sbx_host_read_small(online_path);
     ncpu = sbx_host_parse_cpu_list(online);
     if (ncpu == 0) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "cannot read the CPU list from %s", online_path);
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "cannot read the CPU list from %s",
+                    online_path);
         return FALSE;
     }
     cap.cpu_millis = (guint64)ncpu * 1000;
@@ -384,7 +388,8 @@ sbx_host_capacity_read(const SbxHostRoots *roots, SbxHostCapacity *out_cap, GErr
         g_autofree char *mnt = sbx_host_cgroup1_mount(roots, "memory");
         g_autofree char *rel = sbx_host_self_cgroup_path(roots, "memory");
         if (mnt && rel)
-            apply_mem_limit(&cap, mnt, rel, "memory.limit_in_bytes", "memory.usage_in_bytes", "cgroup-v1");
+            apply_mem_limit(&cap, mnt, rel, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                            "cgroup-v1");
     }
     {
         g_autofree char *mnt = sbx_host_cgroup1_mount(roots, "cpu");
@@ -446,7 +451,8 @@ sbx_host_pressure_read(const SbxHostRoots *roots, const SbxHostCapacity *cap, Sb
     out->memory_available_bytes = -1;
     if (g_file_get_contents(psi_path, &psi, NULL, NULL))
         out->psi_memory_full_avg10 = sbx_host_parse_psi_full_avg10(psi);
-    if (g_file_get_contents(meminfo_path, &meminfo, NULL, NULL) && meminfo_field(meminfo, "MemAvailable", &avail))
+    if (g_file_get_contents(meminfo_path, &meminfo, NULL, NULL) &&
+        meminfo_field(meminfo, "MemAvailable", &avail))
         out->memory_available_bytes = (gint64)MIN(avail, (guint64)G_MAXINT64);
     if (cap && cap->memory_usage_file) {
         g_autofree char *s = sbx_host_read_small(cap->memory_usage_file);

@@ -23,11 +23,11 @@ typedef struct {
 } SbxHostRoots;
 
 typedef struct {
-    guint64 memory_bytes;    /* usable host memory (machine or cgroup limit) */
-    guint64 cpu_millis;      /* usable CPUs x 1000 (machine, cpuset or quota) */
-    char   *memory_source;   /* "machine", "cgroup-v2:<dir>", "cgroup-v1:<dir>", "override" */
-    char   *cpu_source;
-    char   *memory_usage_file; /* usage file of the limiting cgroup, or NULL */
+    guint64 memory_bytes; /* usable host memory (machine or cgroup limit) */
+    guint64 cpu_millis;   /* usable CPUs x 1000 (machine, cpuset or quota) */
+    char *memory_source;  /* "machine", "cgroup-v2:<dir>", "cgroup-v1:<dir>", "override" */
+    char *cpu_source;
+    char *memory_usage_file; /* usage file of the limiting cgroup, or NULL */
 } SbxHostCapacity;
 
 void sbx_host_capacity_clear(SbxHostCapacity *cap);
@@ -35,12 +35,13 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(SbxHostCapacity, sbx_host_capacity_clear)
 
 /* Reads the capacity. Fails only when the machine values themselves are
  * unreadable (no MemTotal, no CPU list). */
-gboolean sbx_host_capacity_read(const SbxHostRoots *roots, SbxHostCapacity *out_cap, GError **error);
+gboolean sbx_host_capacity_read(const SbxHostRoots *roots, SbxHostCapacity *out_cap,
+                                GError **error);
 
 /* A sample of the admission gates. Negative fields mean "unknown": the gate
  * that needs it is skipped. */
 typedef struct {
-    double psi_memory_full_avg10; /* /proc/pressure/memory "full avg10", percent */
+    double psi_memory_full_avg10;  /* /proc/pressure/memory "full avg10", percent */
     gint64 memory_available_bytes; /* min(MemAvailable, cgroup limit - usage) */
 } SbxHostPressure;
 
@@ -49,7 +50,8 @@ double sbx_host_parse_psi_full_avg10(const char *contents);
 
 /* Read /proc/pressure/memory and /proc/meminfo (and @cap's cgroup usage file
  * when the memory limit came from a cgroup). Never fails: unknown -> -1. */
-void sbx_host_pressure_read(const SbxHostRoots *roots, const SbxHostCapacity *cap, SbxHostPressure *out);
+void sbx_host_pressure_read(const SbxHostRoots *roots, const SbxHostCapacity *cap,
+                            SbxHostPressure *out);
 
 /* Helpers shared with the probe. */
 char *sbx_host_path(const char *root, const char *def, const char *rel);

@@ -22,10 +22,10 @@
 
 #include "common/sbx-fd.h"
 
-#define MAX_MAP_COUNT_MIN 262144
-#define DEFAULT_SLOTS 64
+#define MAX_MAP_COUNT_MIN      262144
+#define DEFAULT_SLOTS          64
 #define DEFAULT_THREADS_PER_VM 32
-#define FDS_PER_VM 64
+#define FDS_PER_VM             64
 
 const char *
 sbx_probe_status_to_string(SbxProbeStatus status)
@@ -53,8 +53,8 @@ item_free(gpointer data)
     g_free(it);
 }
 
-static void G_GNUC_PRINTF(5, 6)
-add_item(SbxProbeReport *r, const char *name, SbxProbeStatus status, const char *fix, const char *fmt_value, ...)
+static void G_GNUC_PRINTF(5, 6) add_item(SbxProbeReport *r, const char *name, SbxProbeStatus status,
+                                         const char *fix, const char *fmt_value, ...)
 {
     /* value via printf, message set by the caller right after (see set_msg) */
     SbxProbeItem *it = g_new0(SbxProbeItem, 1);
@@ -69,8 +69,7 @@ add_item(SbxProbeReport *r, const char *name, SbxProbeStatus status, const char 
     g_ptr_array_add(r->items, it);
 }
 
-static void G_GNUC_PRINTF(2, 3)
-set_msg(SbxProbeReport *r, const char *fmt, ...)
+static void G_GNUC_PRINTF(2, 3) set_msg(SbxProbeReport *r, const char *fmt, ...)
 {
     SbxProbeItem *it = g_ptr_array_index(r->items, r->items->len - 1);
     va_list ap;
@@ -112,12 +111,13 @@ read_u64_file(const char *path, guint64 *out, char **out_raw)
 static char *
 fmt_rlim(rlim_t v)
 {
-    return v == RLIM_INFINITY ? g_strdup("unlimited") : g_strdup_printf("%llu", (unsigned long long)v);
+    return v == RLIM_INFINITY ? g_strdup("unlimited")
+                              : g_strdup_printf("%llu", (unsigned long long)v);
 }
 
 static void
-check_rlimit(SbxProbeReport *r, const SbxProbeOptions *o, int resource, const char *name, rlim_t need,
-             const char *fix, const char *what)
+check_rlimit(SbxProbeReport *r, const SbxProbeOptions *o, int resource, const char *name,
+             rlim_t need, const char *fix, const char *what)
 {
     struct rlimit rl;
     gboolean raised = FALSE;
@@ -131,7 +131,7 @@ check_rlimit(SbxProbeReport *r, const SbxProbeOptions *o, int resource, const ch
         return;
     }
     if (o->raise_limits && rl.rlim_cur != rl.rlim_max) {
-        struct rlimit want = { rl.rlim_max, rl.rlim_max };
+        struct rlimit want = {rl.rlim_max, rl.rlim_max};
         if (setrlimit(resource, &want) == 0) {
             rl = want;
             raised = TRUE;
@@ -141,8 +141,10 @@ check_rlimit(SbxProbeReport *r, const SbxProbeOptions *o, int resource, const ch
     hard = fmt_rlim(rl.rlim_max);
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
         add_item(r, name, SBX_PROBE_WARN, fix, "soft %s, hard %s", soft, hard);
-        set_msg(r, "%s limit %s is below the %s needed for the planned slots; bursts of VMs will fail with "
-                   "EMFILE/EAGAIN%s",
+        set_msg(r,
+                "%s limit %s is below the %s needed for the planned slots; bursts of VMs will fail "
+                "with "
+                "EMFILE/EAGAIN%s",
                 what, soft, need_s, raised ? " (soft limit already raised to the hard limit)" : "");
     } else {
         add_item(r, name, SBX_PROBE_OK, NULL, "soft %s, hard %s", soft, hard);
@@ -170,10 +172,14 @@ check_overcommit(SbxProbeReport *r, const SbxProbeOptions *o)
         set_msg(r, "always overcommit: QEMU thread stacks are never refused");
         return;
     }
-    add_item(r, "vm.overcommit_memory", SBX_PROBE_WARN, "sysctl -w vm.overcommit_memory=1", "%" G_GUINT64_FORMAT, v);
-    set_msg(r, "%s: under a burst of VMs the kernel refuses thread-stack mappings, glibc turns ENOMEM into "
-               "EAGAIN and QEMU aborts in qemu_thread_create",
-            v == 2 ? "strict accounting (2) refuses overcommitted memory" : "heuristic overcommit (0)");
+    add_item(r, "vm.overcommit_memory", SBX_PROBE_WARN, "sysctl -w vm.overcommit_memory=1",
+             "%" G_GUINT64_FORMAT, v);
+    set_msg(r,
+            "%s: under a burst of VMs the kernel refuses thread-stack mappings, glibc turns ENOMEM "
+            "into "
+            "EAGAIN and QEMU aborts in qemu_thread_create",
+            v == 2 ? "strict accounting (2) refuses overcommitted memory"
+                   : "heuristic overcommit (0)");
 }
 
 static void
@@ -212,7 +218,8 @@ check_threads_max(SbxProbeReport *r, const SbxProbeOptions *o, guint64 need)
         return;
     }
     if (v < need) {
-        g_autofree char *fix = g_strdup_printf("sysctl -w kernel.threads-max=%" G_GUINT64_FORMAT, need * 2);
+        g_autofree char *fix =
+            g_strdup_printf("sysctl -w kernel.threads-max=%" G_GUINT64_FORMAT, need * 2);
         add_item(r, "kernel.threads-max", SBX_PROBE_WARN, fix, "%" G_GUINT64_FORMAT, v);
         set_msg(r, "below the %" G_GUINT64_FORMAT " threads the planned slots need", need);
     } else {
@@ -272,18 +279,22 @@ check_pids_max(SbxProbeReport *r, const SbxProbeOptions *o, guint64 need)
     }
     if (!limiting) {
         add_item(r, "cgroup.pids.max", SBX_PROBE_OK, NULL, "max");
-        set_msg(r, found ? "no pids limit on the daemon's cgroup" : "the daemon's cgroup has no pids limit");
+        set_msg(r, found ? "no pids limit on the daemon's cgroup"
+                         : "the daemon's cgroup has no pids limit");
         return;
     }
     if (best < need) {
         g_autofree char *fix = g_strdup_printf("echo max > %s", limiting);
         add_item(r, "cgroup.pids.max", SBX_PROBE_WARN, fix, "%" G_GUINT64_FORMAT, best);
-        set_msg(r, "%s caps the daemon and its VMs below the %" G_GUINT64_FORMAT " tasks the planned slots need "
-                   "(under systemd: TasksMax=infinity)",
+        set_msg(r,
+                "%s caps the daemon and its VMs below the %" G_GUINT64_FORMAT
+                " tasks the planned slots need "
+                "(under systemd: TasksMax=infinity)",
                 limiting, need);
     } else {
         add_item(r, "cgroup.pids.max", SBX_PROBE_OK, NULL, "%" G_GUINT64_FORMAT, best);
-        set_msg(r, "%s allows the %" G_GUINT64_FORMAT " tasks the planned slots need", limiting, need);
+        set_msg(r, "%s allows the %" G_GUINT64_FORMAT " tasks the planned slots need", limiting,
+                need);
     }
 }
 
@@ -306,7 +317,8 @@ check_ksm(SbxProbeReport *r, const SbxProbeOptions *o)
         return;
     }
     add_item(r, "ksm", SBX_PROBE_WARN, fix, "%s", raw ? raw : "unreadable");
-    set_msg(r, "KSM is off: identical pages of guests are not merged, so each VM costs its full RSS");
+    set_msg(r,
+            "KSM is off: identical pages of guests are not merged, so each VM costs its full RSS");
 }
 
 static void
@@ -318,8 +330,8 @@ check_psi(SbxProbeReport *r, const SbxProbeOptions *o)
 
     if (!g_file_get_contents(path, &contents, NULL, NULL) ||
         (v = sbx_host_parse_psi_full_avg10(contents)) < 0) {
-        add_item(r, "psi", SBX_PROBE_WARN, "add psi=1 to the kernel command line (needs CONFIG_PSI=y)",
-                 "unavailable");
+        add_item(r, "psi", SBX_PROBE_WARN,
+                 "add psi=1 to the kernel command line (needs CONFIG_PSI=y)", "unavailable");
         set_msg(r, "no memory pressure information (%s): the PSI admission gate is off", path);
         return;
     }
@@ -348,7 +360,7 @@ static const guint8 kvm_test_code[] = {
     0xf4,                               /* hlt */
 };
 #define KVM_TEST_STEPS 4
-#define KVM_TEST_PORT 0x10
+#define KVM_TEST_PORT  0x10
 
 static const char *
 kvm_exit_name(guint32 reason)
@@ -380,9 +392,9 @@ kvm_run_test_guest(int kvm, char **out_reason)
     void *mem = MAP_FAILED;
     struct kvm_run *run = MAP_FAILED;
     long run_size = 0;
-    struct kvm_userspace_memory_region region = { 0 };
+    struct kvm_userspace_memory_region region = {0};
     struct kvm_sregs sregs;
-    struct kvm_regs regs = { 0 };
+    struct kvm_regs regs = {0};
     guint step = 0;
     gboolean ok = FALSE;
 
@@ -441,8 +453,8 @@ kvm_run_test_guest(int kvm, char **out_reason)
     /* At most one exit per step plus the hlt: the loop is bounded. */
     for (guint i = 0; i < KVM_TEST_STEPS + 2; i++) {
         if (ioctl(vcpu, KVM_RUN, 0) < 0) {
-            *out_reason = g_strdup_printf("KVM_RUN failed after step %u of %d: %s", step, KVM_TEST_STEPS,
-                                          g_strerror(errno));
+            *out_reason = g_strdup_printf("KVM_RUN failed after step %u of %d: %s", step,
+                                          KVM_TEST_STEPS, g_strerror(errno));
             goto out;
         }
         if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_OUT &&
@@ -459,8 +471,8 @@ kvm_run_test_guest(int kvm, char **out_reason)
             ok = TRUE;
             goto out;
         }
-        *out_reason = g_strdup_printf("test guest stopped after step %u of %d with %s", step, KVM_TEST_STEPS,
-                                      kvm_exit_name(run->exit_reason));
+        *out_reason = g_strdup_printf("test guest stopped after step %u of %d with %s", step,
+                                      KVM_TEST_STEPS, kvm_exit_name(run->exit_reason));
         goto out;
     }
     *out_reason = g_strdup("test guest did not reach its hlt");
@@ -475,7 +487,8 @@ out:
 static gboolean
 cpu_has_hw_virt(const SbxHostRoots *roots)
 {
-    g_autofree char *path = g_build_filename(roots && roots->proc_root ? roots->proc_root : "/proc", "cpuinfo", NULL);
+    g_autofree char *path =
+        g_build_filename(roots && roots->proc_root ? roots->proc_root : "/proc", "cpuinfo", NULL);
     g_autofree char *contents = NULL;
     g_auto(GStrv) lines = NULL;
 
@@ -496,8 +509,8 @@ SbxAccel
 sbx_probe_kvm(const char *dev_kvm, const SbxHostRoots *roots, char **out_reason)
 {
     g_auto(SbxFd) kvm = -1;
-    g_autofree char *pvm = g_build_filename(roots && roots->sys_root ? roots->sys_root : "/sys", "module/kvm_pvm",
-                                            NULL);
+    g_autofree char *pvm = g_build_filename(roots && roots->sys_root ? roots->sys_root : "/sys",
+                                            "module/kvm_pvm", NULL);
     g_autofree char *why = NULL;
     int api;
 
@@ -514,22 +527,25 @@ sbx_probe_kvm(const char *dev_kvm, const SbxHostRoots *roots, char **out_reason)
     }
     api = ioctl(kvm, KVM_GET_API_VERSION, 0);
     if (api != KVM_API_VERSION) {
-        *out_reason = g_strdup_printf("%s is not a usable KVM device (KVM_GET_API_VERSION: %s)", dev_kvm,
-                                      api < 0 ? g_strerror(errno) : "unexpected version");
+        *out_reason = g_strdup_printf("%s is not a usable KVM device (KVM_GET_API_VERSION: %s)",
+                                      dev_kvm, api < 0 ? g_strerror(errno) : "unexpected version");
         return SBX_ACCEL_TCG;
     }
     if (!kvm_run_test_guest(kvm, &why)) {
-        *out_reason = g_strdup_printf("a test guest cannot run under KVM: %s%s", why,
-                                      g_file_test(pvm, G_FILE_TEST_IS_DIR) ? " (kvm_pvm is loaded: PVM)" : "");
+        *out_reason = g_strdup_printf(
+            "a test guest cannot run under KVM: %s%s", why,
+            g_file_test(pvm, G_FILE_TEST_IS_DIR) ? " (kvm_pvm is loaded: PVM)" : "");
         return SBX_ACCEL_TCG;
     }
     if (g_file_test(pvm, G_FILE_TEST_IS_DIR) && !cpu_has_hw_virt(roots)) {
-        *out_reason = g_strdup("/dev/kvm is PVM (kvm_pvm loaded, no vmx/svm CPU flag): only PVM-aware guest "
-                               "kernels run on it, stock kernels die in its emulator");
+        *out_reason =
+            g_strdup("/dev/kvm is PVM (kvm_pvm loaded, no vmx/svm CPU flag): only PVM-aware guest "
+                     "kernels run on it, stock kernels die in its emulator");
         return SBX_ACCEL_TCG;
     }
     if (!cpu_has_hw_virt(roots)) {
-        *out_reason = g_strdup("the CPU reports neither vmx nor svm: KVM would emulate, not virtualize");
+        *out_reason =
+            g_strdup("the CPU reports neither vmx nor svm: KVM would emulate, not virtualize");
         return SBX_ACCEL_TCG;
     }
     *out_reason = g_strdup("a test guest ran under KVM with hardware virtualization (vmx/svm)");
@@ -558,12 +574,14 @@ check_kvm(SbxProbeReport *r, const SbxProbeOptions *o)
         const char *fix = NULL;
         g_autofree char *fix_s = NULL;
         if (g_file_test(dev, G_FILE_TEST_EXISTS) && access(dev, R_OK | W_OK) != 0) {
-            fix_s = g_strdup_printf("usermod -aG kvm $(id -un)   # or: setfacl -m u:$(id -un):rw %s", dev);
+            fix_s = g_strdup_printf(
+                "usermod -aG kvm $(id -un)   # or: setfacl -m u:$(id -un):rw %s", dev);
             fix = fix_s;
         } else if (!g_file_test(dev, G_FILE_TEST_EXISTS)) {
             fix = "enable VT-x/AMD-V (nested virtualization on a cloud VM) so /dev/kvm appears";
         } else {
-            fix = "run on a host with hardware virtualization (vmx/svm), or boot PVM-aware guest kernels";
+            fix = "run on a host with hardware virtualization (vmx/svm), or boot PVM-aware guest "
+                  "kernels";
         }
         add_item(r, "accel", SBX_PROBE_WARN, fix, "tcg");
         set_msg(r, "falling back to TCG (software emulation, several times slower): %s", reason);
@@ -581,12 +599,15 @@ sbx_probe_run(const SbxProbeOptions *opts)
     guint64 threads = (guint64)slots * tpv + 1024;
 
     r->items = g_ptr_array_new_with_free_func(item_free);
-    check_rlimit(r, opts, RLIMIT_NOFILE, "rlimit_nofile", (rlim_t)slots * FDS_PER_VM + 1024,
-                 "LimitNOFILE=1048576 in the service unit (or `ulimit -Hn 1048576` as root before starting)",
-                 "open files");
+    check_rlimit(
+        r, opts, RLIMIT_NOFILE, "rlimit_nofile", (rlim_t)slots * FDS_PER_VM + 1024,
+        "LimitNOFILE=1048576 in the service unit (or `ulimit -Hn 1048576` as root before starting)",
+        "open files");
     check_rlimit(r, opts, RLIMIT_NPROC, "rlimit_nproc", (rlim_t)threads,
-                 "LimitNPROC=infinity in the service unit (or `ulimit -Hu unlimited` as root before starting)",
-                 "processes/threads per user (RLIMIT_NPROC counts every thread of every VM of the user; it is "
+                 "LimitNPROC=infinity in the service unit (or `ulimit -Hu unlimited` as root "
+                 "before starting)",
+                 "processes/threads per user (RLIMIT_NPROC counts every thread of every VM of the "
+                 "user; it is "
                  "never set on children)");
     check_overcommit(r, opts);
     check_max_map_count(r, opts);
@@ -625,8 +646,8 @@ probe_thread(GTask *task, gpointer source, gpointer data, GCancellable *cancella
 }
 
 void
-sbx_probe_run_async(const SbxProbeOptions *opts, GCancellable *cancellable, GAsyncReadyCallback callback,
-                    gpointer user_data)
+sbx_probe_run_async(const SbxProbeOptions *opts, GCancellable *cancellable,
+                    GAsyncReadyCallback callback, gpointer user_data)
 {
     g_autoptr(GTask) task = g_task_new(NULL, cancellable, callback, user_data);
     ProbeJob *job = g_new0(ProbeJob, 1);

@@ -33,7 +33,7 @@ typedef enum {
 const char *sbx_probe_status_to_string(SbxProbeStatus status);
 
 typedef struct {
-    char *name;    /* "rlimit_nofile", "vm.overcommit_memory", "accel", ... */
+    char *name; /* "rlimit_nofile", "vm.overcommit_memory", "accel", ... */
     SbxProbeStatus status;
     char *value;   /* what was observed */
     char *message; /* one sentence: why it matters */
@@ -47,19 +47,19 @@ typedef struct {
 } SbxProbeReport;
 
 typedef struct {
-    SbxHostRoots roots;     /* injectable /proc, /sys, cgroup root */
-    const char *dev_kvm;    /* NULL: "/dev/kvm" */
-    guint planned_slots;    /* VMs the daemon may run at once; 0: 64 */
-    guint threads_per_vm;   /* QEMU threads per VM (plus helpers); 0: 32 */
-    gboolean raise_limits;  /* setrlimit() this process (the daemon: TRUE) */
-    gboolean test_kvm;      /* run the KVM guest test (FALSE: tcg unless forced) */
+    SbxHostRoots roots;    /* injectable /proc, /sys, cgroup root */
+    const char *dev_kvm;   /* NULL: "/dev/kvm" */
+    guint planned_slots;   /* VMs the daemon may run at once; 0: 64 */
+    guint threads_per_vm;  /* QEMU threads per VM (plus helpers); 0: 32 */
+    gboolean raise_limits; /* setrlimit() this process (the daemon: TRUE) */
+    gboolean test_kvm;     /* run the KVM guest test (FALSE: tcg unless forced) */
 } SbxProbeOptions;
 
 /* Runs every check. Blocks for the KVM test (a few ms; bounded), so the
  * daemon calls the _async variant. */
 SbxProbeReport *sbx_probe_run(const SbxProbeOptions *opts);
-void sbx_probe_run_async(const SbxProbeOptions *opts, GCancellable *cancellable, GAsyncReadyCallback callback,
-                         gpointer user_data);
+void sbx_probe_run_async(const SbxProbeOptions *opts, GCancellable *cancellable,
+                         GAsyncReadyCallback callback, gpointer user_data);
 SbxProbeReport *sbx_probe_run_finish(GAsyncResult *result, GError **error);
 
 /* The real accelerator test alone. @sys_root/@proc_root for the PVM and

@@ -23,7 +23,7 @@ typedef struct {
     guint64 releases_with_waiters;
     guint64 broadcast_wakeups; /* sum of queue lengths at each release */
     guint64 admission_ms_max;
-    GPtrArray *held;           /* reservations to release on the next turn */
+    GPtrArray *held; /* reservations to release on the next turn */
     GSource *release_source;
 } Bench;
 
@@ -74,9 +74,11 @@ run(const char *name, guint n, gboolean mixed, guint bypass_limit)
 {
     SbxAdmissionConfig cfg;
     /* 16 CPUs, 32 GiB: (16 - 0.5) x 2 = 31 CPUs -> 24 slots of 1.25 CPUs */
-    SbxHostCapacity host = { .memory_bytes = 32 * 1024 * MiB, .cpu_millis = 16000,
-                             .memory_source = (char *)"bench", .cpu_source = (char *)"bench" };
-    Bench b = { 0 };
+    SbxHostCapacity host = {.memory_bytes = 32 * 1024 * MiB,
+                            .cpu_millis = 16000,
+                            .memory_source = (char *)"bench",
+                            .cpu_source = (char *)"bench"};
+    Bench b = {0};
     SbxAdmissionStats st;
     g_autoptr(GRand) rnd = g_rand_new_with_seed(42);
     gint64 t0, t1;
@@ -96,8 +98,8 @@ run(const char *name, guint n, gboolean mixed, guint bypass_limit)
         if (mixed) {
             /* 1, 2 or 4 vCPUs and 256 MiB .. 2 GiB guests */
             guint vcpus = 1u << g_rand_int_range(rnd, 0, 3);
-            sbx_admission_config_vm_cost(&cfg, (guint64)g_rand_int_range(rnd, 1, 9) * 256 * MiB, vcpus, TRUE, &mem,
-                                         &cpu);
+            sbx_admission_config_vm_cost(&cfg, (guint64)g_rand_int_range(rnd, 1, 9) * 256 * MiB,
+                                         vcpus, TRUE, &mem, &cpu);
         }
         b.outstanding++;
         sbx_admission_acquire_async(b.adm, mem, cpu, 0, NULL, acquired, &b);
@@ -108,15 +110,18 @@ run(const char *name, guint n, gboolean mixed, guint bypass_limit)
     cpu1 = (double)clock() / CLOCKS_PER_SEC;
 
     sbx_admission_get_stats(b.adm, &st);
-    printf("%-8s pairs=%u slots=%u bypass_limit=%u wakeups=%" G_GUINT64_FORMAT " immediate=%" G_GUINT64_FORMAT
-           " releases=%" G_GUINT64_FORMAT " releases_with_waiters=%" G_GUINT64_FORMAT
+    printf("%-8s pairs=%u slots=%u bypass_limit=%u wakeups=%" G_GUINT64_FORMAT
+           " immediate=%" G_GUINT64_FORMAT " releases=%" G_GUINT64_FORMAT
+           " releases_with_waiters=%" G_GUINT64_FORMAT
            " wakeups_per_release=%.3f broadcast_would_wake=%" G_GUINT64_FORMAT " (%.1f per release)"
-           " bypass=%" G_GUINT64_FORMAT " failures=%" G_GUINT64_FORMAT " wall_ms=%.1f cpu_us_per_pair=%.2f\n",
-           name, n, sbx_admission_max_slots(b.adm, vm_mem, vm_cpu), bypass_limit, st.wakeups, st.immediate_grants,
-           st.releases, b.releases_with_waiters,
+           " bypass=%" G_GUINT64_FORMAT " failures=%" G_GUINT64_FORMAT
+           " wall_ms=%.1f cpu_us_per_pair=%.2f\n",
+           name, n, sbx_admission_max_slots(b.adm, vm_mem, vm_cpu), bypass_limit, st.wakeups,
+           st.immediate_grants, st.releases, b.releases_with_waiters,
            b.releases_with_waiters ? (double)st.wakeups / (double)b.releases_with_waiters : 0.0,
            b.broadcast_wakeups,
-           b.releases_with_waiters ? (double)b.broadcast_wakeups / (double)b.releases_with_waiters : 0.0,
+           b.releases_with_waiters ? (double)b.broadcast_wakeups / (double)b.releases_with_waiters
+                                   : 0.0,
            st.bypass_grants, b.failures, (t1 - t0) / 1000.0, (cpu1 - cpu0) * 1e6 / n);
     if (st.reservations != 0 || st.queue_length != 0 || b.failures != 0 || st.releases != n)
         return 1;

@@ -56,8 +56,9 @@ setup(void **state)
     t->roots.proc_root = t->proc;
     t->roots.sys_root = t->sys;
     /* a 16 GiB, 8-CPU machine */
-    put(t, "proc/meminfo", "MemTotal:       16777216 kB\nMemFree:         1000000 kB\n"
-                           "MemAvailable:    8388608 kB\nBuffers:           1234 kB\n");
+    put(t, "proc/meminfo",
+        "MemTotal:       16777216 kB\nMemFree:         1000000 kB\n"
+        "MemAvailable:    8388608 kB\nBuffers:           1234 kB\n");
     put(t, "sys/devices/system/cpu/online", "0-7\n");
     *state = t;
     return 0;
@@ -96,7 +97,7 @@ static void
 test_machine_only(void **state)
 {
     Tree *t = *state;
-    g_auto(SbxHostCapacity) cap = { 0 };
+    g_auto(SbxHostCapacity) cap = {0};
     g_autoptr(GError) error = NULL;
 
     put(t, "proc/self/cgroup", "0::/\n");
@@ -113,7 +114,7 @@ static void
 test_missing_meminfo_fails(void **state)
 {
     Tree *t = *state;
-    g_auto(SbxHostCapacity) cap = { 0 };
+    g_auto(SbxHostCapacity) cap = {0};
     g_autoptr(GError) error = NULL;
     g_autofree char *p = g_build_filename(t->dir, "proc/meminfo", NULL);
 
@@ -127,7 +128,7 @@ static void
 test_cgroup_v2_limits(void **state)
 {
     Tree *t = *state;
-    g_auto(SbxHostCapacity) cap = { 0 };
+    g_auto(SbxHostCapacity) cap = {0};
     g_autoptr(GError) error = NULL;
     g_autoptr(SbxAdmission) adm = NULL;
     SbxAdmissionConfig cfg;
@@ -173,12 +174,13 @@ static void
 test_cgroup_v1_hybrid(void **state)
 {
     Tree *t = *state;
-    g_auto(SbxHostCapacity) cap = { 0 };
+    g_auto(SbxHostCapacity) cap = {0};
     g_autoptr(GError) error = NULL;
     SbxHostPressure pr;
 
-    put(t, "proc/self/cgroup", "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n"
-                               "3:cpuset:/\n1:cpu,cpuacct:/daemon\n0::/\n");
+    put(t, "proc/self/cgroup",
+        "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n"
+        "3:cpuset:/\n1:cpu,cpuacct:/daemon\n0::/\n");
     put(t, "sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n");
     put(t, "sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n");
     put(t, "sys/fs/cgroup/memory/process_api/memory.limit_in_bytes", "2147483648\n");
@@ -198,8 +200,9 @@ test_cgroup_v1_hybrid(void **state)
     assert_true(g_str_has_suffix(cap.cpu_source, "cpu,cpuacct/daemon"));
 
     /* available = min(MemAvailable 8 GiB, limit 2 GiB - usage 1.5 GiB) */
-    put(t, "proc/pressure/memory", "some avg10=1.50 avg60=0.00 avg300=0.00 total=10\n"
-                                   "full avg10=12.25 avg60=3.00 avg300=0.00 total=5\n");
+    put(t, "proc/pressure/memory",
+        "some avg10=1.50 avg60=0.00 avg300=0.00 total=10\n"
+        "full avg10=12.25 avg60=3.00 avg300=0.00 total=5\n");
     sbx_host_pressure_read(&t->roots, &cap, &pr);
     assert_int_equal(pr.memory_available_bytes, 512 * MiB);
     assert_true(pr.psi_memory_full_avg10 > 12.24 && pr.psi_memory_full_avg10 < 12.26);
@@ -209,7 +212,7 @@ static void
 test_unlimited_v1_is_machine(void **state)
 {
     Tree *t = *state;
-    g_auto(SbxHostCapacity) cap = { 0 };
+    g_auto(SbxHostCapacity) cap = {0};
     g_autoptr(GError) error = NULL;
 
     put(t, "proc/self/cgroup", "4:memory:/\n1:cpu:/\n0::/\n");
@@ -245,7 +248,8 @@ test_parsers(void **state)
     assert_int_equal(sbx_host_parse_cpu_list("3-1"), 0);
     assert_int_equal(sbx_host_parse_cpu_list("x"), 0);
     assert_true(sbx_host_parse_psi_full_avg10("some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-                                              "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n") == 0.0);
+                                              "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n") ==
+                0.0);
     assert_true(sbx_host_parse_psi_full_avg10("some avg10=5.00\n") < 0);
     assert_true(sbx_host_parse_psi_full_avg10("full avg10=abc\n") < 0);
     assert_true(sbx_host_parse_psi_full_avg10(NULL) < 0);
@@ -255,7 +259,7 @@ test_parsers(void **state)
 static void
 test_real_host(void **state)
 {
-    g_auto(SbxHostCapacity) cap = { 0 };
+    g_auto(SbxHostCapacity) cap = {0};
     g_autoptr(GError) error = NULL;
     SbxHostPressure pr;
 

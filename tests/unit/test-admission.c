@@ -41,9 +41,9 @@ fake_sample(gpointer data, SbxHostPressure *out)
 }
 
 typedef struct {
-    guint index;      /* position in the test's own array */
+    guint index; /* position in the test's own array */
     gboolean done;
-    guint seq;        /* completion order */
+    guint seq; /* completion order */
     SbxReservation *res;
     GError *error;
     guint64 mem;
@@ -100,7 +100,7 @@ make_adm(guint mem_units, guint cpu_units, guint bypass_limit, guint lookahead, 
     cfg.bypass_limit = bypass_limit;
     cfg.lookahead = lookahead;
     fake_now_us = 1000000;
-    fake_gates = (SbxHostPressure){ .psi_memory_full_avg10 = 0, .memory_available_bytes = 100 * GiB };
+    fake_gates = (SbxHostPressure){.psi_memory_full_avg10 = 0, .memory_available_bytes = 100 * GiB};
     fake_gates_available = TRUE;
     completion_seq = 0;
     return sbx_admission_new(&cfg, &host, &hooks);
@@ -128,7 +128,7 @@ static void
 test_budget_formula(void **state)
 {
     SbxAdmissionConfig cfg;
-    SbxHostCapacity host = { .memory_bytes = 24 * GiB, .cpu_millis = 2000 };
+    SbxHostCapacity host = {.memory_bytes = 24 * GiB, .cpu_millis = 2000};
     guint64 mem, cpu;
 
     sbx_admission_config_init(&cfg);
@@ -177,7 +177,7 @@ test_max_slots(void **state)
 /* ---- FIFO under 1000 waiters ---------------------------------------------- */
 
 #define N_FIFO 1000
-#define SLOTS 10
+#define SLOTS  10
 
 static void
 test_fifo_1000_one_wakeup_per_release(void **state)
@@ -235,7 +235,8 @@ test_fifo_1000_one_wakeup_per_release(void **state)
     assert_int_equal(stats(adm).cpu_in_use_millis, 0);
     /* tickets are in arrival order */
     for (guint i = 1; i < N_FIFO; i++)
-        assert_true(sbx_reservation_get_ticket(w[i].res) > sbx_reservation_get_ticket(w[i - 1].res));
+        assert_true(sbx_reservation_get_ticket(w[i].res) >
+                    sbx_reservation_get_ticket(w[i - 1].res));
 
     for (guint i = 0; i < SLOTS; i++)
         req_clear(&held[i]);
@@ -255,8 +256,8 @@ typedef struct {
 /* Mirror of the queue: apply completions in grant order, then check that no
  * waiter that fits is left asleep beyond the policy. */
 static void
-check_policy(SbxAdmission *adm, GQueue *mirror, Req *reqs, guint n, guint *seq_seen, guint K, guint lookahead,
-             guint64 mem_budget, guint64 cpu_budget, GQueue *holders)
+check_policy(SbxAdmission *adm, GQueue *mirror, Req *reqs, guint n, guint *seq_seen, guint K,
+             guint lookahead, guint64 mem_budget, guint64 cpu_budget, GQueue *holders)
 {
     SbxAdmissionStats s = stats(adm);
 
@@ -331,7 +332,7 @@ run_heterogeneous(guint K, guint lookahead, guint32 seed)
             Mirror *m = g_new0(Mirror, 1);
             /* mostly small, some big (up to the whole budget) */
             guint64 mem = g_rand_int_range(rnd, 0, 10) == 0 ? g_rand_int_range(rnd, 400, 1001)
-                                                              : g_rand_int_range(rnd, 20, 200);
+                                                            : g_rand_int_range(rnd, 20, 200);
             guint64 cpu = g_rand_int_range(rnd, 1, 5);
             r->index = issued;
             m->r = r;
@@ -348,8 +349,8 @@ run_heterogeneous(guint K, guint lookahead, guint32 seed)
             run_pending();
         }
         step++;
-        check_policy(adm, &mirror, reqs, N, &seq_seen, K, lookahead, mem_budget_units * MiB, cpu_units * 1000,
-                     &holders);
+        check_policy(adm, &mirror, reqs, N, &seq_seen, K, lookahead, mem_budget_units * MiB,
+                     cpu_units * 1000, &holders);
         assert_true(step < 100000); /* no starvation: everything completes */
     }
     assert_int_equal(stats(adm).wakeups + stats(adm).immediate_grants, N);
@@ -381,7 +382,7 @@ static void
 test_big_head_bounded_bypass(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(10, 100, 2, 64, FALSE);
-    Req a = { 0 }, b = { 0 }, c = { 0 }, d = { 0 }, e = { 0 };
+    Req a = {0}, b = {0}, c = {0}, d = {0}, e = {0};
 
     acquire(adm, &a, 6, 1, 0, NULL);
     run_pending();
@@ -408,7 +409,11 @@ test_big_head_bounded_bypass(void **state)
     assert_true(b.seq < e.seq);
     assert_int_equal(stats(adm).queue_length, 0);
     assert_int_equal(stats(adm).wakeups, 4);
-    req_clear(&a); req_clear(&b); req_clear(&c); req_clear(&d); req_clear(&e);
+    req_clear(&a);
+    req_clear(&b);
+    req_clear(&c);
+    req_clear(&d);
+    req_clear(&e);
 }
 
 /* New arrivals never take capacity ahead of the queue (bypass_limit 0). */
@@ -416,7 +421,7 @@ static void
 test_no_barging(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(10, 100, 0, 64, FALSE);
-    Req a = { 0 }, w = { 0 }, n = { 0 };
+    Req a = {0}, w = {0}, n = {0};
 
     acquire(adm, &a, 9, 1, 0, NULL);
     run_pending();
@@ -431,7 +436,9 @@ test_no_barging(void **state)
     run_pending();
     assert_true(w.done && n.done);
     assert_true(w.seq < n.seq);
-    req_clear(&a); req_clear(&w); req_clear(&n);
+    req_clear(&a);
+    req_clear(&w);
+    req_clear(&n);
 }
 
 /* ---- cancellation and timeout at every position ------------------------- */
@@ -443,7 +450,7 @@ test_cancel_every_position(void **state)
 {
     for (guint pos = 0; pos < NQ; pos++) {
         g_autoptr(SbxAdmission) adm = make_adm(10, 100, 0, 64, FALSE);
-        Req hold = { 0 }, w[NQ] = { 0 };
+        Req hold = {0}, w[NQ] = {0};
         GCancellable *c[NQ];
 
         acquire(adm, &hold, 10, 1, 0, NULL);
@@ -498,7 +505,7 @@ test_cancel_head_unblocks(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(10, 100, 0, 64, FALSE);
     g_autoptr(GCancellable) cb = g_cancellable_new();
-    Req a = { 0 }, big = { 0 }, small = { 0 };
+    Req a = {0}, big = {0}, small = {0};
 
     acquire(adm, &a, 5, 1, 0, NULL);
     acquire(adm, &big, 8, 1, 0, cb);
@@ -509,7 +516,9 @@ test_cancel_head_unblocks(void **state)
     run_pending();
     assert_true(g_error_matches(big.error, G_IO_ERROR, G_IO_ERROR_CANCELLED));
     assert_non_null(small.res);
-    req_clear(&a); req_clear(&big); req_clear(&small);
+    req_clear(&a);
+    req_clear(&big);
+    req_clear(&small);
 }
 
 static void
@@ -517,7 +526,7 @@ test_already_cancelled(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(10, 100, 0, 64, FALSE);
     g_autoptr(GCancellable) c = g_cancellable_new();
-    Req r = { 0 };
+    Req r = {0};
 
     g_cancellable_cancel(c);
     acquire(adm, &r, 1, 1, 0, c);
@@ -534,12 +543,12 @@ test_cancel_after_grant_before_callback(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(10, 100, 0, 64, FALSE);
     g_autoptr(GCancellable) c = g_cancellable_new();
-    Req hold = { 0 }, w = { 0 };
+    Req hold = {0}, w = {0};
 
     acquire(adm, &hold, 10, 1, 0, NULL);
     acquire(adm, &w, 5, 1, 0, c);
     run_pending();
-    sbx_reservation_release(hold.res);  /* admits w; its callback is pending */
+    sbx_reservation_release(hold.res); /* admits w; its callback is pending */
     assert_int_equal(stats(adm).reservations, 1);
     g_cancellable_cancel(c);
     run_pending();
@@ -555,7 +564,7 @@ test_timeout_every_position(void **state)
 {
     for (guint pos = 0; pos < NQ; pos++) {
         g_autoptr(SbxAdmission) adm = make_adm(10, 100, 0, 64, FALSE);
-        Req hold = { 0 }, w[NQ] = { 0 };
+        Req hold = {0}, w[NQ] = {0};
 
         acquire(adm, &hold, 10, 1, 0, NULL);
         for (guint i = 0; i < NQ; i++)
@@ -571,7 +580,8 @@ test_timeout_every_position(void **state)
         run_pending();
         for (guint i = 0; i < NQ; i++) {
             if (i == pos) {
-                assert_true(g_error_matches(w[i].error, SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_TIMEOUT));
+                assert_true(
+                    g_error_matches(w[i].error, SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_TIMEOUT));
                 assert_non_null(strstr(w[i].error->message, "requested 2.0 MiB"));
                 assert_non_null(strstr(w[i].error->message, "queue position"));
             } else {
@@ -601,7 +611,7 @@ static void
 test_stop_fails_all_waiters(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(10, 100, 8, 64, FALSE);
-    Req hold = { 0 }, w[NQ] = { 0 }, late = { 0 };
+    Req hold = {0}, w[NQ] = {0}, late = {0};
 
     acquire(adm, &hold, 10, 1, 0, NULL);
     for (guint i = 0; i < NQ; i++)
@@ -629,7 +639,7 @@ static void
 test_no_capacity_message(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(1024, 4, 8, 64, FALSE);
-    Req hold = { 0 }, big = { 0 }, cpu = { 0 };
+    Req hold = {0}, big = {0}, cpu = {0};
 
     acquire(adm, &hold, 100, 1, 0, NULL);
     acquire(adm, &big, 2048, 1, 0, NULL);
@@ -643,14 +653,16 @@ test_no_capacity_message(void **state)
     assert_true(g_error_matches(cpu.error, SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_NO_CAPACITY));
     assert_non_null(strstr(cpu.error->message, "cpu_overcommit_ratio"));
     assert_int_equal(stats(adm).queue_length, 0);
-    req_clear(&hold); req_clear(&big); req_clear(&cpu);
+    req_clear(&hold);
+    req_clear(&big);
+    req_clear(&cpu);
 }
 
 static void
 test_release_idempotent(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(10, 100, 8, 64, FALSE);
-    Req a = { 0 }, b = { 0 };
+    Req a = {0}, b = {0};
 
     acquire(adm, &a, 4, 2, 0, NULL);
     acquire(adm, &b, 3, 1, 0, NULL);
@@ -676,7 +688,7 @@ static void
 test_psi_gate(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_adm(100, 100, 8, 64, TRUE);
-    Req a = { 0 }, b = { 0 };
+    Req a = {0}, b = {0};
 
     fake_gates.psi_memory_full_avg10 = 25.0; /* threshold 10 */
     acquire(adm, &a, 1, 1, 0, NULL);
@@ -700,17 +712,19 @@ test_psi_gate(void **state)
     acquire(adm, &a, 1, 1, 0, NULL);
     run_pending();
     assert_non_null(a.res);
-    req_clear(&a); req_clear(&b);
+    req_clear(&a);
+    req_clear(&b);
 }
 
 static void
 test_available_memory_floor(void **state)
 {
     SbxAdmissionConfig cfg;
-    SbxHostCapacity host = { .memory_bytes = 8 * GiB, .cpu_millis = 4000 };
-    SbxAdmissionHooks hooks = { .now_us = fake_clock, .sample_gates = fake_sample, .manual_ticks = TRUE };
+    SbxHostCapacity host = {.memory_bytes = 8 * GiB, .cpu_millis = 4000};
+    SbxAdmissionHooks hooks = {
+        .now_us = fake_clock, .sample_gates = fake_sample, .manual_ticks = TRUE};
     g_autoptr(SbxAdmission) adm = NULL;
-    Req a = { 0 }, b = { 0 };
+    Req a = {0}, b = {0};
 
     sbx_admission_config_init(&cfg);
     cfg.available_memory_floor_bytes = 512 * MiB;
@@ -732,7 +746,8 @@ test_available_memory_floor(void **state)
     sbx_admission_tick(adm);
     run_pending();
     assert_non_null(b.res);
-    req_clear(&a); req_clear(&b);
+    req_clear(&a);
+    req_clear(&b);
 }
 
 /* ---- the real timers (no fake clock, no manual ticks) ----------------------
@@ -743,8 +758,8 @@ static SbxAdmission *
 make_real_timers(guint gate_recheck_ms)
 {
     SbxAdmissionConfig cfg;
-    SbxHostCapacity host = { .memory_bytes = 10 * MiB, .cpu_millis = 100000 };
-    SbxAdmissionHooks hooks = { .sample_gates = fake_sample };
+    SbxHostCapacity host = {.memory_bytes = 10 * MiB, .cpu_millis = 100000};
+    SbxAdmissionHooks hooks = {.sample_gates = fake_sample};
 
     sbx_admission_config_init(&cfg);
     cfg.memory_overcommit_ratio = 1.0;
@@ -752,7 +767,7 @@ make_real_timers(guint gate_recheck_ms)
     cfg.memory_reserve_ratio = 0;
     cfg.cpu_reserve_cores = 0;
     cfg.gate_recheck_ms = gate_recheck_ms;
-    fake_gates = (SbxHostPressure){ .psi_memory_full_avg10 = 0, .memory_available_bytes = 100 * GiB };
+    fake_gates = (SbxHostPressure){.psi_memory_full_avg10 = 0, .memory_available_bytes = 100 * GiB};
     fake_gates_available = TRUE;
     return sbx_admission_new(&cfg, &host, &hooks);
 }
@@ -761,11 +776,11 @@ static void
 test_real_timeout_timer(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_real_timers(1000);
-    Req hold = { 0 }, a = { 0 }, b = { 0 };
+    Req hold = {0}, a = {0}, b = {0};
 
     acquire(adm, &hold, 10, 1, 0, NULL);
-    acquire(adm, &a, 1, 1, 5, NULL);  /* times out */
-    acquire(adm, &b, 1, 1, 0, NULL);  /* waits forever */
+    acquire(adm, &a, 1, 1, 5, NULL); /* times out */
+    acquire(adm, &b, 1, 1, 0, NULL); /* waits forever */
     while (!a.done)
         g_main_context_iteration(NULL, TRUE);
     assert_true(g_error_matches(a.error, SBX_ADMISSION_ERROR, SBX_ADMISSION_ERROR_TIMEOUT));
@@ -774,7 +789,9 @@ test_real_timeout_timer(void **state)
     while (!b.done)
         g_main_context_iteration(NULL, TRUE);
     assert_non_null(b.res);
-    req_clear(&hold); req_clear(&a); req_clear(&b);
+    req_clear(&hold);
+    req_clear(&a);
+    req_clear(&b);
 }
 
 /* External recovery admits a gate-blocked waiter through the re-check timer. */
@@ -782,7 +799,7 @@ static void
 test_real_gate_recheck_timer(void **state)
 {
     g_autoptr(SbxAdmission) adm = make_real_timers(10);
-    Req a = { 0 };
+    Req a = {0};
 
     fake_gates.psi_memory_full_avg10 = 50.0;
     acquire(adm, &a, 1, 1, 0, NULL);

@@ -114,8 +114,9 @@ good_host(Tree *t)
     put(t, "sys/fs/cgroup/system.slice/schedulerd.service/pids.max", "max\n");
     put(t, "sys/fs/cgroup/system.slice/pids.max", "max\n");
     put(t, "sys/kernel/mm/ksm/run", "1\n");
-    put(t, "proc/pressure/memory", "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-                                   "full avg10=0.50 avg60=0.00 avg300=0.00 total=0\n");
+    put(t, "proc/pressure/memory",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+        "full avg10=0.50 avg60=0.00 avg300=0.00 total=0\n");
 }
 
 static const SbxProbeItem *
@@ -262,7 +263,8 @@ test_json_report(void **state)
     root = json_node_get_object(json_parser_get_root(parser));
     assert_string_equal(json_object_get_string_member(root, "accel"), "tcg");
     assert_true(strlen(json_object_get_string_member(root, "accel_reason")) > 0);
-    assert_int_equal(json_object_get_int_member(root, "warnings"), sbx_probe_report_count(r, SBX_PROBE_WARN));
+    assert_int_equal(json_object_get_int_member(root, "warnings"),
+                     sbx_probe_report_count(r, SBX_PROBE_WARN));
     items = json_object_get_array_member(root, "items");
     assert_int_equal(json_array_get_length(items), r->items->len);
     for (guint i = 0; i < json_array_get_length(items); i++) {
@@ -274,7 +276,8 @@ test_json_report(void **state)
                     g_strcmp0(status, "error") == 0);
         if (g_strcmp0(json_object_get_string_member(o, "name"), "vm.max_map_count") == 0) {
             saw_map = TRUE;
-            assert_string_equal(json_object_get_string_member(o, "fix"), "sysctl -w vm.max_map_count=262144");
+            assert_string_equal(json_object_get_string_member(o, "fix"),
+                                "sysctl -w vm.max_map_count=262144");
         }
         if (g_strcmp0(status, "ok") == 0)
             assert_true(json_node_is_null(json_object_get_member(o, "fix")));
@@ -345,10 +348,11 @@ test_real_kvm(void **state)
     print_message("# accel=%s: %s\n", sbx_accel_to_string(accel), reason);
     if (g_file_get_contents("/proc/cpuinfo", &cpuinfo, NULL, NULL))
         hw = strstr(cpuinfo, " vmx") || strstr(cpuinfo, " svm");
-    if (!g_file_test("/dev/kvm", G_FILE_TEST_EXISTS) || g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_IS_DIR) ||
-        !hw)
+    if (!g_file_test("/dev/kvm", G_FILE_TEST_EXISTS) ||
+        g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_IS_DIR) || !hw)
         assert_int_equal(accel, SBX_ACCEL_TCG);
-    if (g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_IS_DIR) && access("/dev/kvm", R_OK | W_OK) == 0 && !hw)
+    if (g_file_test("/sys/module/kvm_pvm", G_FILE_TEST_IS_DIR) &&
+        access("/dev/kvm", R_OK | W_OK) == 0 && !hw)
         /* PVM: the emulator cannot run the test guest to its end */
         assert_non_null(strstr(reason, "test guest"));
 }
