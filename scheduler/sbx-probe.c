@@ -117,7 +117,7 @@ fmt_rlim(rlim_t v)
 
 static void
 check_rlimit(SbxProbeReport *r, const SbxProbeOptions *o, int resource, const char *name,
-             rlim_t need, const char *fix, const char *what)
+             rlim_t need, const char *fix, const char *what, const char *note)
 {
     struct rlimit rl;
     gboolean raised = FALSE;
@@ -142,14 +142,14 @@ check_rlimit(SbxProbeReport *r, const SbxProbeOptions *o, int resource, const ch
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
         add_item(r, name, SBX_PROBE_WARN, fix, "soft %s, hard %s", soft, hard);
         set_msg(r,
-                "%s limit %s is below the %s needed for the planned slots; bursts of VMs will fail "
-                "with "
-                "EMFILE/EAGAIN%s",
-                what, soft, need_s, raised ? " (soft limit already raised to the hard limit)" : "");
+                "the %s limit %s is below the %s the planned slots need; bursts of VMs will fail "
+                "with EMFILE/EAGAIN%s.%s",
+                what, soft, need_s, raised ? " (soft limit already raised to the hard limit)" : "",
+                note);
     } else {
         add_item(r, name, SBX_PROBE_OK, NULL, "soft %s, hard %s", soft, hard);
-        set_msg(r, "%s limit is enough for the planned slots (%s)%s", what, need_s,
-                raised ? "; soft limit raised to the hard limit" : "");
+        set_msg(r, "the %s limit covers the %s the planned slots need%s.%s", what, need_s,
+                raised ? "; soft limit raised to the hard limit" : "", note);
     }
 }
 
@@ -602,13 +602,13 @@ sbx_probe_run(const SbxProbeOptions *opts)
     check_rlimit(
         r, opts, RLIMIT_NOFILE, "rlimit_nofile", (rlim_t)slots * FDS_PER_VM + 1024,
         "LimitNOFILE=1048576 in the service unit (or `ulimit -Hn 1048576` as root before starting)",
-        "open files");
+        "open-file", "");
     check_rlimit(r, opts, RLIMIT_NPROC, "rlimit_nproc", (rlim_t)threads,
                  "LimitNPROC=infinity in the service unit (or `ulimit -Hu unlimited` as root "
                  "before starting)",
-                 "processes/threads per user (RLIMIT_NPROC counts every thread of every VM of the "
-                 "user; it is "
-                 "never set on children)");
+                 "per-user process/thread",
+                 " RLIMIT_NPROC counts every thread of every VM of the user, so the daemon never "
+                 "sets it on children.");
     check_overcommit(r, opts);
     check_max_map_count(r, opts);
     check_threads_max(r, opts, threads);
