@@ -205,25 +205,31 @@ check_max_map_count(SbxProbeReport *r, const SbxProbeOptions *o)
     }
 }
 
+/* kernel.threads-max and kernel.pid_max: every QEMU thread takes one of each. */
 static void
-check_threads_max(SbxProbeReport *r, const SbxProbeOptions *o, guint64 need)
+check_task_sysctl(SbxProbeReport *r, const SbxProbeOptions *o, const char *name, const char *rel,
+                  guint64 need, guint64 max_value)
 {
-    g_autofree char *path = g_build_filename(proc_root(o), "sys/kernel/threads-max", NULL);
+    g_autofree char *path = g_build_filename(proc_root(o), rel, NULL);
     g_autofree char *raw = NULL;
     guint64 v;
 
     if (!read_u64_file(path, &v, &raw)) {
-        add_item(r, "kernel.threads-max", SBX_PROBE_WARN, NULL, "%s", raw ? raw : "unreadable");
+        add_item(r, name, SBX_PROBE_WARN, NULL, "%s", raw ? raw : "unreadable");
         set_msg(r, "cannot read %s", path);
         return;
     }
     if (v < need) {
         g_autofree char *fix =
-            g_strdup_printf("sysctl -w kernel.threads-max=%" G_GUINT64_FORMAT, need * 2);
-        add_item(r, "kernel.threads-max", SBX_PROBE_WARN, fix, "%" G_GUINT64_FORMAT, v);
-        set_msg(r, "below the %" G_GUINT64_FORMAT " threads the planned slots need", need);
+            g_strdup_printf("sysctl -w %s=%" G_GUINT64_FORMAT, name, MIN(need * 2, max_value));
+        add_item(r, name, SBX_PROBE_WARN, fix, "%" G_GUINT64_FORMAT, v);
+        set_msg(r,
+                "below the %" G_GUINT64_FORMAT
+                " threads the planned slots need: thread creation fails with EAGAIN and QEMU "
+                "aborts",
+                need);
     } else {
-        add_item(r, "kernel.threads-max", SBX_PROBE_OK, NULL, "%" G_GUINT64_FORMAT, v);
+        add_item(r, name, SBX_PROBE_OK, NULL, "%" G_GUINT64_FORMAT, v);
         set_msg(r, "enough for the planned slots (%" G_GUINT64_FORMAT " threads)", need);
     }
 }
@@ -611,7 +617,9 @@ sbx_probe_run(const SbxProbeOptions *opts)
                  "sets it on children.");
     check_overcommit(r, opts);
     check_max_map_count(r, opts);
-    check_threads_max(r, opts, threads);
+    check_task_sysctl(r, opts, "kernel.threads-max", "sys/kernel/threads-max", threads, G_MAXINT32);
+    /* PID_MAX_LIMIT on 64-bit */
+    check_task_sysctl(r, opts, "kernel.pid_max", "sys/kernel/pid_max", threads, 4194304);
     check_pids_max(r, opts, threads);
     check_kvm(r, opts);
     check_ksm(r, opts);

@@ -255,6 +255,55 @@ test_parsers(void **state)
     assert_true(sbx_host_parse_psi_full_avg10(NULL) < 0);
 }
 
+static void
+acquired_cb(GObject *source, GAsyncResult *result, gpointer data)
+{
+    SbxReservation **out = data;
+    g_autoptr(GError) error = NULL;
+
+    *out = sbx_admission_acquire_finish(SBX_ADMISSION(source), result, &error);
+    assert_null(error);
+}
+
+/* The daemon's gate provider reads the fake PSI file; once the pressure is
+ * gone, the re-check timer admits the waiter without any release. Only the
+ * outcome is asserted (the loop blocks on the GLib timers). */
+static void
+test_host_psi_gate(void **state)
+{
+    Tree *t = *state;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(SbxAdmission) adm = NULL;
+    SbxAdmissionConfig cfg;
+    SbxAdmissionStats st;
+    SbxReservation *res = NULL;
+
+    put(t, "proc/self/cgroup", "0::/\n");
+    put(t, "proc/pressure/memory",
+        "some avg10=60.00 avg60=0.00 avg300=0.00 total=10\n"
+        "full avg10=55.00 avg60=0.00 avg300=0.00 total=5\n");
+    sbx_admission_config_init(&cfg);
+    cfg.gate_recheck_ms = 10;
+    adm = sbx_admission_new_for_host(&cfg, &t->roots, &error);
+    assert_non_null(adm);
+    sbx_admission_acquire_async(adm, 256 * MiB, 1000, 0, NULL, acquired_cb, &res);
+    while (g_main_context_iteration(NULL, FALSE))
+        ;
+    assert_null(res);
+    sbx_admission_get_stats(adm, &st);
+    assert_int_equal(st.queue_length, 1);
+    assert_true(st.gate_blocks >= 1);
+    put(t, "proc/pressure/memory",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=10\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=5\n");
+    while (!res)
+        g_main_context_iteration(NULL, TRUE);
+    sbx_admission_get_stats(adm, &st);
+    assert_int_equal(st.queue_length, 0);
+    assert_int_equal(st.reservations, 1);
+    sbx_reservation_free(res);
+}
+
 /* The real machine: whatever it is, the numbers are sane. */
 static void
 test_real_host(void **state)
@@ -280,6 +329,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_cgroup_v1_hybrid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unlimited_v1_is_machine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pressure_without_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_psi_gate, setup, teardown),
         cmocka_unit_test(test_parsers),
         cmocka_unit_test(test_real_host),
     };

@@ -94,6 +94,7 @@ bad_host(Tree *t)
     put(t, "proc/sys/vm/overcommit_memory", "0\n");
     put(t, "proc/sys/vm/max_map_count", "65530\n");
     put(t, "proc/sys/kernel/threads-max", "2000\n");
+    put(t, "proc/sys/kernel/pid_max", "4096\n");
     put(t, "proc/self/cgroup", "8:pids:/user.slice/u1\n4:memory:/\n0::/\n");
     put(t, "sys/fs/cgroup/pids/user.slice/pids.max", "512\n");
     put(t, "sys/fs/cgroup/pids/user.slice/u1/pids.max", "max\n");
@@ -109,6 +110,7 @@ good_host(Tree *t)
     put(t, "proc/sys/vm/overcommit_memory", "1\n");
     put(t, "proc/sys/vm/max_map_count", "262144\n");
     put(t, "proc/sys/kernel/threads-max", "1000000\n");
+    put(t, "proc/sys/kernel/pid_max", "4194304\n");
     put(t, "proc/self/cgroup", "0::/system.slice/schedulerd.service\n");
     put(t, "sys/fs/cgroup/cgroup.controllers", "cpu memory pids\n");
     put(t, "sys/fs/cgroup/system.slice/schedulerd.service/pids.max", "max\n");
@@ -153,6 +155,10 @@ test_bad_host_warns_with_fixes(void **state)
     it = item(r, "kernel.threads-max");
     assert_int_equal(it->status, SBX_PROBE_WARN);
     assert_string_equal(it->fix, "sysctl -w kernel.threads-max=8448");
+    it = item(r, "kernel.pid_max");
+    assert_int_equal(it->status, SBX_PROBE_WARN);
+    assert_string_equal(it->value, "4096");
+    assert_string_equal(it->fix, "sysctl -w kernel.pid_max=8448");
 
     /* the ancestor's limit counts */
     it = item(r, "cgroup.pids.max");
