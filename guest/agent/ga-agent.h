@@ -75,9 +75,7 @@ GaExec *ga_exec_new(GaAgent *a);
 void ga_exec_free(GaExec *e);
 void ga_exec_handle(GaExec *e, SbxFrame *frame);   /* exec */
 void ga_exec_warm(GaExec *e, SbxFrame *frame);     /* warm */
-void ga_exec_cancel(GaExec *e, SbxFrame *frame);   /* cancel */
-/* Send "data" through ga_send only when connected: called when the host
- * disconnects so a running exec keeps running but drops its output. */
+void ga_exec_cancel(GaExec *e, gint64 target);     /* cancel: kill that exec if running */
 
 /* ga-files.c */
 GaFiles *ga_files_new(GaAgent *a);
@@ -85,5 +83,6 @@ void ga_files_free(GaFiles *f);
 void ga_files_handle(GaFiles *f, SbxFrame *frame); /* write_file, file_chunk, file_end, read_file, file_ack, list_files */
 void ga_files_resume(GaFiles *f);                  /* output queue drained */
 void ga_files_reset(GaFiles *f);                   /* host disconnected: abort transfers */
+void ga_files_cancel(GaFiles *f, gint64 target);   /* cancel: drop one transfer */
 
 G_END_DECLS

@@ -781,16 +781,12 @@ ga_exec_warm(GaExec *e, SbxFrame *frame)
 }
 
 void
-ga_exec_cancel(GaExec *e, SbxFrame *frame)
+ga_exec_cancel(GaExec *e, gint64 target)
 {
-    gint64 target = sbx_frame_get_int(frame, "target", -1);
-
     if (e->run && e->run->id == target && !e->run->cancelled) {
         e->run->cancelled = TRUE;
         run_stop(e, TRUE);
     }
-    /* Cancelling something already finished is not an error. */
-    ga_send_ok(e->a, frame->id);
 }
 
 GaExec *

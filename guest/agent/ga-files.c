@@ -224,6 +224,10 @@ handle_file_end(GaFiles *f, SbxFrame *frame)
 
     if (!u)
         return;
+    if (sbx_frame_get_bool(frame, "abort", FALSE)) {
+        g_hash_table_remove(f->uploads, &frame->id); /* drops the temporary file */
+        return;
+    }
     if (!u->failed && upload_append(f, u, frame->payload)) {
         if (fchmod(u->fd, mode) != 0 ||
             (!f->a->no_setuid && fchown(u->fd, f->a->uid, f->a->gid) != 0) ||
@@ -478,6 +482,13 @@ ga_files_resume(GaFiles *f)
     while (g_hash_table_iter_next(&it, NULL, &v))
         if (!download_pump(f, v))
             g_hash_table_iter_remove(&it);
+}
+
+void
+ga_files_cancel(GaFiles *f, gint64 target)
+{
+    g_hash_table_remove(f->uploads, &target);
+    g_hash_table_remove(f->downloads, &target);
 }
 
 void

@@ -210,7 +210,11 @@ dispatch(GaAgent *a, SbxFrame *frame)
     } else if (g_str_equal(t, "warm")) {
         ga_exec_warm(a->exec, frame);
     } else if (g_str_equal(t, "cancel")) {
-        ga_exec_cancel(a->exec, frame);
+        /* Cancelling something already finished is not an error. */
+        gint64 target = sbx_frame_get_int(frame, "target", -1);
+        ga_exec_cancel(a->exec, target);
+        ga_files_cancel(a->files, target);
+        ga_send_ok(a, frame->id);
     } else if (g_str_equal(t, "reseed")) {
         handle_reseed(a, frame);
     } else if (g_str_equal(t, "write_file") || g_str_equal(t, "file_chunk") ||
