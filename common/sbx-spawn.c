@@ -176,12 +176,17 @@ child_setup(gpointer data)
         if (getppid() != cs->parent)
             _exit(127);
     }
+    /* Fail closed: a child that cannot join its cgroup must not run unlimited. */
     for (guint i = 0; i < cs->n_cgroups; i++) {
         int fd = open(cs->cgroups[i], O_WRONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            (void)!write(fd, "0", 1);
-            (void)close(fd);
+        if (fd < 0 || write(fd, "0", 1) != 1) {
+            static const char msg[] = "sbx-spawn: cannot join cgroup ";
+            (void)!write(2, msg, sizeof msg - 1);
+            (void)!write(2, cs->cgroups[i], strlen(cs->cgroups[i]));
+            (void)!write(2, "\n", 1);
+            _exit(127);
         }
+        (void)close(fd);
     }
     /* Signals ignored or blocked by the parent must not leak into the child. */
     sigset_t all;

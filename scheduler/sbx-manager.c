@@ -1,0 +1,833 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * sbx-manager: the request path of design.md — validate, admit, prepare the
+ * work disk and cgroup concurrently, boot, exec with streamed output,
+ * tear down — plus start-up (probe, orphan reaping, cgroups, storage daemon,
+ * work-disk pool) and a draining shutdown. Talks to sbx-admission, sbx-probe,
+ * sbx-cgroup, qsd/ (QsdDaemon, QsdOverlayPool), sbx-vm and sbx-guest. Both
+ * front ends (the D-Bus adapter in schedulerd and schedulerctl --embedded)
+ * drive this object; it knows nothing about D-Bus.
+ */
+#include "scheduler/sbx-manager.h"
+
+#include <string.h>
+#include <unistd.h>
+
+#include "qsd/qsd-daemon.h"
+#include "qsd/qsd-overlay-pool.h"
+#include "scheduler/sbx-admission.h"
+#include "scheduler/sbx-cgroup.h"
+#include "scheduler/sbx-error.h"
+#include "scheduler/sbx-orphans.h"
+#include "scheduler/sbx-vm.h"
+
+#define SBX_OUTPUT_QUEUE_MAX (4 * 1024 * 1024)
+
+struct _SbxManager {
+    GObject parent_instance;
+    SbxConfig *cfg;
+    gboolean started;
+    gboolean shutting_down;
+    SbxProbeReport *probe;
+    SbxAccel accel;
+    guint tsc_khz;
+    char *cmdline;
+    char *kernel, *initrd, *rootfs, *seed;
+    char *vms_dir;
+    SbxCgroupManager *cgroups;
+    SbxAdmission *admission;
+    QsdDaemon *qsd;
+    QsdOverlayPool *disks;
+    GHashTable *runs;  /* RunData* set: in flight */
+    guint64 serial;
+    guint64 runs_total;
+    guint64 runs_failed;
+    GCancellable *cancellable;
+    GTask *shutdown_task;
+};
+
+G_DEFINE_FINAL_TYPE(SbxManager, sbx_manager, G_TYPE_OBJECT)
+
+SbxManager *
+sbx_manager_new(SbxConfig *cfg)
+{
+    SbxManager *self = g_object_new(SBX_TYPE_MANAGER, NULL);
+    self->cfg = cfg;
+    return self;
+}
+
+const SbxConfig *
+sbx_manager_get_config(SbxManager *self)
+{
+    return self->cfg;
+}
+
+const SbxProbeReport *
+sbx_manager_get_probe(SbxManager *self)
+{
+    return self->probe;
+}
+
+const char *
+sbx_manager_get_accel(SbxManager *self)
+{
+    return sbx_accel_to_string(self->accel);
+}
+
+guint
+sbx_manager_get_n_vms(SbxManager *self)
+{
+    return g_hash_table_size(self->runs);
+}
+
+/* What one VM costs the admission budget. */
+static void
+vm_cost(SbxManager *self, guint memory_mb, SbxAdmissionConfig *acfg, guint64 *mem, guint64 *cpu)
+{
+    sbx_admission_config_vm_cost(acfg, (guint64)memory_mb << 20, self->cfg->vcpus,
+                                 self->accel == SBX_ACCEL_TCG, mem, cpu);
+}
+
+static void
+admission_config_from(const SbxConfig *cfg, SbxAdmissionConfig *acfg)
+{
+    sbx_admission_config_init(acfg);
+    acfg->memory_overcommit_ratio = cfg->memory_overcommit_ratio;
+    acfg->cpu_overcommit_ratio = cfg->cpu_overcommit_ratio;
+    acfg->memory_reserve_ratio = cfg->memory_reserve_ratio;
+    acfg->cpu_reserve_cores = cfg->cpu_reserve_cores;
+    acfg->vm_memory_overhead_bytes = (guint64)cfg->vm_overhead_mb << 20;
+    acfg->tcg_tb_cache_bytes = (guint64)cfg->tcg_cache_mb << 20;
+}
+
+/* ---- start -------------------------------------------------------------- */
+
+static gboolean
+find_image(SbxManager *self, GError **error)
+{
+    static const char *const files[] = {"vmlinux", "initramfs.cpio", "rootfs.erofs",
+                                        "work-seed.ext4", "cmdline"};
+    for (guint i = 0; i < G_N_ELEMENTS(files); i++) {
+        g_autofree char *p = g_build_filename(self->cfg->guest_dir, files[i], NULL);
+        if (!g_file_test(p, G_FILE_TEST_IS_REGULAR)) {
+            g_set_error(error, SBX_ERROR, SBX_ERROR_TRANSIENT,
+                        "guest image incomplete: %s is missing (build it with `make guest-image` "
+                        "and point [scheduler] guest_dir or SBX_GUEST_DIR at it)",
+                        p);
+            return FALSE;
+        }
+    }
+    self->kernel = g_build_filename(self->cfg->guest_dir, "vmlinux", NULL);
+    self->initrd = g_build_filename(self->cfg->guest_dir, "initramfs.cpio", NULL);
+    self->rootfs = g_build_filename(self->cfg->guest_dir, "rootfs.erofs", NULL);
+    self->seed = g_build_filename(self->cfg->guest_dir, "work-seed.ext4", NULL);
+    g_autofree char *cmdline_path = g_build_filename(self->cfg->guest_dir, "cmdline", NULL);
+    if (!g_file_get_contents(cmdline_path, &self->cmdline, NULL, error))
+        return FALSE;
+    g_strstrip(self->cmdline);
+    return TRUE;
+}
+
+static void
+sweep_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GPtrArray) removed =
+        sbx_cgroup_manager_sweep_orphans_finish(SBX_CGROUP_MANAGER(source), res, &error);
+    if (removed)
+        for (guint i = 0; i < removed->len; i++)
+            g_info("removed orphaned cgroup %s", (const char *)g_ptr_array_index(removed, i));
+    if (error)
+        g_warning("orphaned cgroups left behind: %s", error->message);
+}
+
+static void
+probe_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(GTask) task = user_data;
+    SbxManager *self = g_task_get_source_object(task);
+    GError *error = NULL;
+
+    self->probe = sbx_probe_run_finish(res, &error);
+    if (self->probe == NULL) {
+        g_task_return_error(task, error);
+        return;
+    }
+    switch (self->cfg->accel) {
+    case SBX_ACCEL_MODE_AUTO:
+        self->accel = self->probe->accel;
+        g_info("accelerator: %s (%s)", sbx_accel_to_string(self->accel), self->probe->accel_reason);
+        break;
+    case SBX_ACCEL_MODE_TCG:
+        self->accel = SBX_ACCEL_TCG;
+        g_info("accelerator: tcg (forced)");
+        break;
+    case SBX_ACCEL_MODE_KVM:
+        self->accel = SBX_ACCEL_KVM;
+        g_info("accelerator: kvm (forced; probe said: %s)", self->probe->accel_reason);
+        break;
+    }
+    for (guint i = 0; i < self->probe->items->len; i++) {
+        const SbxProbeItem *it = g_ptr_array_index(self->probe->items, i);
+        if (it->status != SBX_PROBE_OK)
+            g_warning("%s = %s: %s%s%s", it->name, it->value ? it->value : "?", it->message,
+                      it->fix ? " Fix: " : "", it->fix ? it->fix : "");
+    }
+
+    /* cgroups: a host without usable cgroups runs unconfined, said once */
+    SbxCgroupConfig ccfg = {0};
+    self->cgroups = sbx_cgroup_manager_new(&ccfg, &error);
+    if (self->cgroups == NULL) {
+        g_task_return_error(task, error);
+        return;
+    }
+    g_info("cgroups: %s", sbx_cgroup_manager_get_reason(self->cgroups));
+    sbx_cgroup_manager_sweep_orphans_async(self->cgroups, NULL, NULL, sweep_cb, NULL);
+
+    SbxAdmissionConfig acfg;
+    admission_config_from(self->cfg, &acfg);
+    SbxHostRoots roots = {0};
+    self->admission = sbx_admission_new_for_host(&acfg, &roots, &error);
+    if (self->admission == NULL) {
+        g_task_return_error(task, error);
+        return;
+    }
+    guint64 mem, cpu;
+    vm_cost(self, self->cfg->default_memory_mb, &acfg, &mem, &cpu);
+    guint slots = sbx_admission_max_slots(self->admission, mem, cpu);
+
+    self->qsd = qsd_daemon_new(self->cfg->qsd, NULL);
+    g_autofree char *disks_dir = g_build_filename(self->cfg->runtime_dir, "disks", NULL);
+    /* the pool is pre-created to 100% of the admission slots */
+    self->disks = qsd_overlay_pool_new(self->qsd, self->seed, disks_dir, MAX(slots, 1), &error);
+    if (self->disks == NULL) {
+        g_task_return_error(task, error);
+        return;
+    }
+    g_info("ready: %u slots of %u MiB, work disks as %s", slots, self->cfg->default_memory_mb,
+           qsd_overlay_pool_get_format(self->disks));
+    self->started = TRUE;
+    g_task_return_boolean(task, TRUE);
+}
+
+void
+sbx_manager_start_async(SbxManager *self, GCancellable *cancellable, GAsyncReadyCallback callback,
+                        gpointer user_data)
+{
+    GTask *task = g_task_new(self, cancellable, callback, user_data);
+    GError *error = NULL;
+    g_task_set_source_tag(task, sbx_manager_start_async);
+
+    if (!find_image(self, &error)) {
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    self->vms_dir = g_build_filename(self->cfg->runtime_dir, "vms", NULL);
+    if (g_mkdir_with_parents(self->vms_dir, 0700) != 0) {
+        int e = errno;
+        g_task_return_new_error(task, G_IO_ERROR, g_io_error_from_errno(e), "%s: %s",
+                                self->vms_dir, g_strerror(e));
+        g_object_unref(task);
+        return;
+    }
+    /* A crashed predecessor's VMs: kill and remove before anything new runs. */
+    g_autoptr(GPtrArray) reaped = sbx_orphans_reap(self->vms_dir);
+    for (guint i = 0; i < reaped->len; i++)
+        g_info("orphan cleanup: %s", (const char *)g_ptr_array_index(reaped, i));
+
+    self->tsc_khz = sbx_qemu_read_tsc_khz("/proc/cpuinfo");
+    SbxProbeOptions opts = {0};
+    opts.raise_limits = TRUE;
+    opts.test_kvm = self->cfg->accel != SBX_ACCEL_MODE_TCG;
+    sbx_probe_run_async(&opts, cancellable, probe_cb, task);
+}
+
+gboolean
+sbx_manager_start_finish(SbxManager *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
+    return g_task_propagate_boolean(G_TASK(result), error);
+}
+
+/* ---- one run ------------------------------------------------------------ */
+
+/* Ordered, bounded writer of one output stream to the caller's stream. */
+typedef struct _RunData RunData;
+
+typedef struct {
+    RunData *run;
+    GOutputStream *stream; /* NULL: discard */
+    GQueue chunks;         /* GBytes */
+    gsize queued;
+    gboolean writing;
+    gboolean broken;       /* the reader went away: drop the rest */
+} Sink;
+
+struct _RunData {
+    SbxManager *mgr;
+    GTask *task;
+    SbxLanguage language;
+    GBytes *code;
+    GHashTable *env;
+    guint timeout_s;
+    guint memory_mb;
+    SbxRunProgressFunc progress;
+    gpointer progress_data;
+    Sink sink[2];
+    SbxReservation *reservation;
+    SbxCgroup *cgroup;
+    SbxVm *vm;
+    char *vm_id;
+    char *run_dir;
+    char *work_disk;
+    SbxRunResult *result;
+    GError *error;
+    guint setup_pending;
+    gboolean exec_done;
+    gboolean dispatched;
+    gint64 t0, t_stage;
+    GCancellable *cancellable;
+    gulong cancel_id;
+};
+
+static void run_finish(RunData *d);
+static void run_teardown(RunData *d);
+static void shutdown_continue(SbxManager *self);
+
+static void
+run_data_free(RunData *d)
+{
+    for (int i = 0; i < 2; i++) {
+        g_queue_clear_full(&d->sink[i].chunks, (GDestroyNotify)g_bytes_unref);
+        g_clear_object(&d->sink[i].stream);
+    }
+    g_clear_pointer(&d->code, g_bytes_unref);
+    g_clear_pointer(&d->env, g_hash_table_unref);
+    g_clear_pointer(&d->reservation, sbx_reservation_free);
+    g_clear_object(&d->cgroup);
+    g_clear_object(&d->vm);
+    g_free(d->vm_id);
+    g_free(d->run_dir);
+    g_free(d->work_disk);
+    g_clear_pointer(&d->result, sbx_run_result_free);
+    g_clear_error(&d->error);
+    g_clear_object(&d->cancellable);
+    g_free(d);
+}
+
+static gint64
+stage_ms(RunData *d)
+{
+    gint64 now = g_get_monotonic_time();
+    gint64 ms = (now - d->t_stage + 500) / 1000;
+    d->t_stage = now;
+    return MAX(ms, 1); /* a stage that happened is never reported as 0 */
+}
+
+static void
+progress(RunData *d, SbxRunStage stage)
+{
+    if (d->progress)
+        d->progress(stage, d->progress_data);
+}
+
+/* First error wins; later ones are dropped. */
+static void
+run_set_error(RunData *d, GError *error)
+{
+    if (d->error == NULL)
+        d->error = error;
+    else
+        g_error_free(error);
+}
+
+static GError *
+map_error(RunData *d, const GError *e)
+{
+    SbxErrorCode code;
+    if (e->domain == SBX_ERROR)
+        return g_error_copy(e);
+    if (g_error_matches(e, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        code = d->dispatched ? SBX_ERROR_OUTCOME_UNKNOWN : SBX_ERROR_CANCELLED;
+    else if (e->domain == SBX_VALIDATE_ERROR ||
+             g_error_matches(e, SBX_GUEST_ERROR, SBX_GUEST_ERROR_INVALID_INPUT))
+        code = SBX_ERROR_INVALID_INPUT;
+    else if (e->domain == SBX_ADMISSION_ERROR)
+        code = e->code == SBX_ADMISSION_ERROR_STOPPED ? SBX_ERROR_TRANSIENT : SBX_ERROR_NO_CAPACITY;
+    else
+        code = d->dispatched ? SBX_ERROR_OUTCOME_UNKNOWN : SBX_ERROR_TRANSIENT;
+    return g_error_new(SBX_ERROR, code, "%s", e->message);
+}
+
+static void sink_pump(RunData *d, Sink *s);
+
+static void
+sink_written_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    Sink *s = user_data;
+    if (!g_output_stream_write_all_finish(G_OUTPUT_STREAM(source), res, NULL, NULL))
+        s->broken = TRUE; /* the reader went away; the run goes on */
+    GBytes *done = g_queue_pop_head(&s->chunks);
+    s->queued -= g_bytes_get_size(done);
+    g_bytes_unref(done);
+    s->writing = FALSE;
+    sink_pump(s->run, s);
+}
+
+static void
+sink_pump(RunData *d, Sink *s)
+{
+    if (s->writing)
+        return;
+    if (s->broken) {
+        g_queue_clear_full(&s->chunks, (GDestroyNotify)g_bytes_unref);
+        s->queued = 0;
+    }
+    GBytes *next = g_queue_peek_head(&s->chunks);
+    if (next == NULL) {
+        if (d->exec_done && !d->sink[0].writing && !d->sink[1].writing &&
+            g_queue_is_empty(&d->sink[0].chunks) && g_queue_is_empty(&d->sink[1].chunks))
+            run_teardown(d);
+        return;
+    }
+    s->writing = TRUE;
+    gsize len = 0;
+    const void *data = g_bytes_get_data(next, &len);
+    g_output_stream_write_all_async(s->stream, data, len, G_PRIORITY_DEFAULT, NULL,
+                                    sink_written_cb, s);
+}
+
+static void
+output_cb(SbxGuestStream stream, const guint8 *data, gsize len, gpointer user_data)
+{
+    RunData *d = user_data;
+    Sink *s = &d->sink[stream == SBX_GUEST_STDERR ? 1 : 0];
+    if (s->stream == NULL || s->broken || s->queued + len > SBX_OUTPUT_QUEUE_MAX)
+        return;
+    g_queue_push_tail(&s->chunks, g_bytes_new(data, len));
+    s->queued += len;
+    sink_pump(d, s);
+}
+
+static void
+vm_destroyed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    g_autoptr(GError) error = NULL;
+    if (!sbx_vm_destroy_finish(SBX_VM(source), res, &error))
+        g_warning("VM %s: teardown incomplete: %s", d->vm_id, error->message);
+    run_finish(d);
+}
+
+static void
+run_teardown(RunData *d)
+{
+    if (d->result)
+        d->result->timing.exec_ms = stage_ms(d);
+    progress(d, SBX_RUN_STAGE_TEARDOWN);
+    if (d->vm) {
+        SbxCgroup *cg = sbx_vm_get_cgroup(d->vm);
+        SbxCgroupStats st;
+        if (d->result && cg && sbx_cgroup_read_stats(cg, &st, NULL)) {
+            d->result->cpu_ms = st.cpu_usage_ns / 1000000;
+            d->result->memory_peak_mb = (st.memory_peak_bytes + (1 << 20) - 1) >> 20;
+        }
+        sbx_vm_destroy_async(d->vm, vm_destroyed_cb, d);
+        return;
+    }
+    if (d->cgroup) {
+        /* the VM never took it over */
+        (void)sbx_cgroup_try_destroy(d->cgroup, NULL);
+    }
+    if (d->work_disk)
+        (void)unlink(d->work_disk);
+    if (d->run_dir)
+        (void)rmdir(d->run_dir);
+    run_finish(d);
+}
+
+static void
+run_finish(RunData *d)
+{
+    SbxManager *self = d->mgr;
+    g_autoptr(GTask) task = d->task;
+
+    if (d->result)
+        d->result->timing.teardown_ms = stage_ms(d);
+    g_clear_pointer(&d->reservation, sbx_reservation_free); /* admission released last */
+    g_hash_table_remove(self->runs, d);
+    if (d->cancel_id)
+        g_cancellable_disconnect(g_task_get_cancellable(task), d->cancel_id);
+    self->runs_total++;
+    if (d->error) {
+        self->runs_failed++;
+        g_task_return_error(task, map_error(d, d->error));
+    } else {
+        d->result->timing.total_ms = MAX((g_get_monotonic_time() - d->t0 + 500) / 1000, 1);
+        g_task_return_pointer(task, g_steal_pointer(&d->result),
+                              (GDestroyNotify)sbx_run_result_free);
+    }
+    run_data_free(d);
+    shutdown_continue(self); /* a draining shutdown waits for the last run */
+}
+
+static void
+exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    SbxGuestExecResult r = {0};
+    GError *error = NULL;
+
+    if (!sbx_guest_exec_finish(SBX_GUEST(source), res, &r, &error)) {
+        if (g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED) && d->vm) {
+            g_autofree char *tail = sbx_vm_dup_console_tail(d->vm, 5);
+            g_prefix_error(&error, "the VM died while the code ran (%s): ", tail);
+        }
+        run_set_error(d, error);
+    } else {
+        d->result->exit_code = r.exit_code;
+        d->result->timed_out = r.timed_out;
+        g_free(d->result->output_limit);
+        d->result->output_limit =
+            g_strdup(r.stdout_truncated ? "stdout" : r.stderr_truncated ? "stderr" : "");
+    }
+    d->exec_done = TRUE;
+    sink_pump(d, &d->sink[0]);
+}
+
+static void
+boot_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    GError *error = NULL;
+    if (!sbx_vm_boot_finish(SBX_VM(source), res, &error)) {
+        run_set_error(d, error);
+        run_teardown(d);
+        return;
+    }
+    d->result->timing.boot_ms = stage_ms(d);
+    progress(d, SBX_RUN_STAGE_EXEC);
+    d->dispatched = TRUE;
+    sbx_guest_exec_async(sbx_vm_get_guest(d->vm), d->language, d->code, d->timeout_s, d->env,
+                         output_cb, d, NULL, d->cancellable, exec_cb, d);
+}
+
+static void
+setup_done(RunData *d)
+{
+    SbxManager *self = d->mgr;
+    if (--d->setup_pending > 0)
+        return;
+    if (d->error || g_cancellable_is_cancelled(d->cancellable)) {
+        if (d->error == NULL)
+            run_set_error(d, g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED, "cancelled"));
+        run_teardown(d);
+        return;
+    }
+    d->result->timing.setup_ms = stage_ms(d);
+    progress(d, SBX_RUN_STAGE_BOOT);
+
+    SbxVmParams p = {0};
+    p.qemu = self->cfg->qemu;
+    p.qemu_cfg.accel = self->accel;
+    p.qemu_cfg.memory_mb = d->memory_mb;
+    p.qemu_cfg.vcpus = self->cfg->vcpus;
+    p.qemu_cfg.tb_size_mb = self->accel == SBX_ACCEL_TCG ? self->cfg->tb_size_mb : 0;
+    p.qemu_cfg.kernel = self->kernel;
+    p.qemu_cfg.initrd = self->initrd;
+    p.qemu_cfg.cmdline = self->cmdline;
+    p.qemu_cfg.tsc_khz = self->accel == SBX_ACCEL_TCG ? self->tsc_khz : 0;
+    p.qemu_cfg.rootfs = self->rootfs;
+    p.qemu_cfg.sandbox = FALSE;
+    p.qemu_cfg.mem_merge = self->cfg->ksm;
+    p.run_dir = d->run_dir;
+    p.work_disk = d->work_disk;
+    p.work_format = qsd_overlay_pool_get_format(self->disks);
+    p.cgroup = d->cgroup;
+    p.boot_timeout_ms = self->cfg->boot_timeout_s * 1000;
+    d->vm = sbx_vm_new(d->vm_id);
+    sbx_vm_boot_async(d->vm, &p, d->cancellable, boot_cb, d);
+    /* the VM owns the disk and the cgroup now */
+    g_clear_pointer(&d->work_disk, g_free);
+    g_clear_object(&d->cgroup);
+}
+
+static void
+disk_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    GError *error = NULL;
+    if (!qsd_overlay_pool_take_finish(QSD_OVERLAY_POOL(source), res, &error)) {
+        g_clear_pointer(&d->work_disk, g_free);
+        run_set_error(d, error);
+    }
+    setup_done(d);
+}
+
+static void
+cgroup_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    GError *error = NULL;
+    d->cgroup = sbx_cgroup_manager_create_finish(SBX_CGROUP_MANAGER(source), res, &error);
+    if (d->cgroup == NULL)
+        run_set_error(d, error);
+    setup_done(d);
+}
+
+static void
+admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    SbxManager *self = d->mgr;
+    GError *error = NULL;
+
+    d->reservation = sbx_admission_acquire_finish(SBX_ADMISSION(source), res, &error);
+    if (d->reservation == NULL) {
+        run_set_error(d, error);
+        run_teardown(d);
+        return;
+    }
+    d->result->timing.admission_ms = (gint64)sbx_reservation_get_admission_ms(d->reservation);
+    (void)stage_ms(d);
+
+    /* work disk and cgroup concurrently */
+    d->vm_id = g_strdup_printf("vm-%d-%" G_GUINT64_FORMAT, (int)getpid(), ++self->serial);
+    d->run_dir = g_build_filename(self->vms_dir, d->vm_id, NULL);
+    if (g_mkdir_with_parents(d->run_dir, 0700) != 0) {
+        int e = errno;
+        run_set_error(d, g_error_new(G_IO_ERROR, g_io_error_from_errno(e), "%s: %s", d->run_dir,
+                                     g_strerror(e)));
+        run_teardown(d);
+        return;
+    }
+    d->work_disk = g_strdup_printf("%s/work.%s", d->run_dir,
+                                   qsd_overlay_pool_get_format(self->disks));
+    guint64 guest_bytes = (guint64)d->memory_mb << 20;
+    SbxCgroupLimits limits = {
+        .mem_max = sbx_reservation_get_memory_bytes(d->reservation),
+        .mem_high = guest_bytes + ((guint64)self->cfg->vm_overhead_mb << 20),
+        .cpu_quota_millis = self->cfg->vcpus * 1000,
+        .pids_max = 256,
+    };
+    if (limits.mem_high > limits.mem_max)
+        limits.mem_high = 0;
+    d->setup_pending = 2;
+    qsd_overlay_pool_take_async(self->disks, d->work_disk, d->cancellable, disk_cb, d);
+    sbx_cgroup_manager_create_async(self->cgroups, d->vm_id, &limits, d->cancellable, cgroup_cb, d);
+}
+
+static void
+run_cancelled_cb(GCancellable *cancellable, gpointer user_data)
+{
+    RunData *d = user_data;
+    g_cancellable_cancel(d->cancellable);
+}
+
+void
+sbx_manager_run_async(SbxManager *self, const SbxRunSpec *spec, GOutputStream *out,
+                      GOutputStream *err, SbxRunProgressFunc progress_func, gpointer progress_data,
+                      GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
+{
+    GTask *task = g_task_new(self, cancellable, callback, user_data);
+    GError *error = NULL;
+    g_task_set_source_tag(task, sbx_manager_run_async);
+
+    /* 1. validate before any VM is touched */
+    if (!sbx_run_spec_validate(spec, self->cfg, TRUE, &error)) {
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    if (!self->started || self->shutting_down) {
+        g_task_return_new_error(task, SBX_ERROR, SBX_ERROR_TRANSIENT,
+                                self->shutting_down ? "the scheduler is shutting down"
+                                                    : "the scheduler has not started");
+        g_object_unref(task);
+        return;
+    }
+    RunData *d = g_new0(RunData, 1);
+    d->mgr = self;
+    d->task = task;
+    d->language = spec->language;
+    d->code = g_bytes_ref(spec->code);
+    d->env = g_hash_table_ref(spec->env);
+    d->timeout_s = spec->timeout_s;
+    d->memory_mb = spec->memory_mb;
+    d->progress = progress_func;
+    d->progress_data = progress_data;
+    d->sink[0].run = d->sink[1].run = d;
+    d->sink[0].stream = out ? g_object_ref(out) : NULL;
+    d->sink[1].stream = err ? g_object_ref(err) : NULL;
+    d->result = sbx_run_result_new();
+    g_free(d->result->accel);
+    d->result->accel = g_strdup(sbx_accel_to_string(self->accel));
+    d->cancellable = g_cancellable_new();
+    if (cancellable)
+        d->cancel_id = g_cancellable_connect(cancellable, G_CALLBACK(run_cancelled_cb), d, NULL);
+    d->t0 = d->t_stage = g_get_monotonic_time();
+    g_hash_table_add(self->runs, d);
+
+    /* 2. admission */
+    progress(d, SBX_RUN_STAGE_ADMISSION);
+    SbxAdmissionConfig acfg;
+    admission_config_from(self->cfg, &acfg);
+    guint64 mem, cpu;
+    vm_cost(self, d->memory_mb, &acfg, &mem, &cpu);
+    sbx_admission_acquire_async(self->admission, mem, cpu, self->cfg->admission_timeout_s * 1000,
+                                d->cancellable, admitted_cb, d);
+}
+
+SbxRunResult *
+sbx_manager_run_finish(SbxManager *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), NULL);
+    return g_task_propagate_pointer(G_TASK(result), error);
+}
+
+/* ---- status ------------------------------------------------------------- */
+
+GVariant *
+sbx_manager_get_status(SbxManager *self)
+{
+    GVariantBuilder b, pool;
+    SbxAdmissionStats st = {0};
+    if (self->admission)
+        sbx_admission_get_stats(self->admission, &st);
+    g_variant_builder_init(&b, G_VARIANT_TYPE_VARDICT);
+    g_variant_builder_add(&b, "{sv}", "accel", g_variant_new_string(sbx_accel_to_string(self->accel)));
+    g_variant_builder_add(&b, "{sv}", "version", g_variant_new_string(PACKAGE_VERSION));
+    g_variant_builder_add(&b, "{sv}", "slots_used", g_variant_new_uint32(st.reservations));
+    g_variant_builder_add(&b, "{sv}", "queue_length", g_variant_new_uint32(st.queue_length));
+    g_variant_builder_add(&b, "{sv}", "memory_budget_mb",
+                          g_variant_new_uint64(st.memory_budget_bytes >> 20));
+    g_variant_builder_add(&b, "{sv}", "memory_used_mb",
+                          g_variant_new_uint64(st.memory_in_use_bytes >> 20));
+    g_variant_builder_add(&b, "{sv}", "cpu_budget_millis", g_variant_new_uint64(st.cpu_budget_millis));
+    g_variant_builder_add(&b, "{sv}", "cpu_used_millis", g_variant_new_uint64(st.cpu_in_use_millis));
+    g_variant_builder_add(&b, "{sv}", "runs_in_flight",
+                          g_variant_new_uint32(g_hash_table_size(self->runs)));
+    g_variant_builder_add(&b, "{sv}", "runs_total", g_variant_new_uint64(self->runs_total));
+    g_variant_builder_add(&b, "{sv}", "runs_failed", g_variant_new_uint64(self->runs_failed));
+    g_variant_builder_add(&b, "{sv}", "cgroups",
+                          g_variant_new_string(self->cgroups ? sbx_cgroup_mode_to_string(
+                                                                   sbx_cgroup_manager_get_mode(self->cgroups))
+                                                             : "none"));
+    g_variant_builder_init(&pool, G_VARIANT_TYPE("a{su}"));
+    g_variant_builder_add(&pool, "{su}", "work_disks",
+                          self->disks ? qsd_overlay_pool_get_ready(self->disks) : 0);
+    g_variant_builder_add(&b, "{sv}", "pool", g_variant_builder_end(&pool));
+    g_variant_builder_add(&b, "{sv}", "storage_daemon_restarts",
+                          g_variant_new_uint32(self->qsd ? qsd_daemon_get_restarts(self->qsd) : 0));
+    return g_variant_builder_end(&b);
+}
+
+/* ---- shutdown ----------------------------------------------------------- */
+
+static void
+qsd_stopped_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(GTask) task = user_data;
+    GError *error = NULL;
+    if (!qsd_daemon_stop_finish(QSD_DAEMON(source), res, &error)) {
+        g_task_return_error(task, error);
+        return;
+    }
+    g_task_return_boolean(task, TRUE);
+}
+
+static void
+shutdown_continue(SbxManager *self)
+{
+    GTask *task = self->shutdown_task;
+    if (task == NULL || g_hash_table_size(self->runs) > 0)
+        return;
+    self->shutdown_task = NULL;
+    if (self->disks)
+        qsd_overlay_pool_drain(self->disks);
+    if (self->qsd) {
+        qsd_daemon_stop_async(self->qsd, 1000, NULL, qsd_stopped_cb, task);
+        return;
+    }
+    g_task_return_boolean(task, TRUE);
+    g_object_unref(task);
+}
+
+void
+sbx_manager_shutdown_async(SbxManager *self, GAsyncReadyCallback callback, gpointer user_data)
+{
+    GTask *task = g_task_new(self, NULL, callback, user_data);
+    g_task_set_source_tag(task, sbx_manager_shutdown_async);
+    if (self->shutdown_task) {
+        g_task_return_new_error(task, G_IO_ERROR, G_IO_ERROR_PENDING, "already shutting down");
+        g_object_unref(task);
+        return;
+    }
+    self->shutting_down = TRUE;
+    self->shutdown_task = task;
+    if (self->admission)
+        sbx_admission_stop(self->admission);
+    /* cancelling may complete a run synchronously: never while iterating */
+    g_autoptr(GPtrArray) cancels = g_ptr_array_new_with_free_func(g_object_unref);
+    GHashTableIter it;
+    gpointer key;
+    g_hash_table_iter_init(&it, self->runs);
+    while (g_hash_table_iter_next(&it, &key, NULL))
+        g_ptr_array_add(cancels, g_object_ref(((RunData *)key)->cancellable));
+    for (guint i = 0; i < cancels->len; i++)
+        g_cancellable_cancel(g_ptr_array_index(cancels, i));
+    shutdown_continue(self);
+}
+
+gboolean
+sbx_manager_shutdown_finish(SbxManager *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
+    return g_task_propagate_boolean(G_TASK(result), error);
+}
+
+static void
+sbx_manager_dispose(GObject *object)
+{
+    SbxManager *self = SBX_MANAGER(object);
+    g_cancellable_cancel(self->cancellable);
+    g_clear_object(&self->disks);
+    g_clear_object(&self->qsd);
+    g_clear_object(&self->admission);
+    g_clear_object(&self->cgroups);
+    G_OBJECT_CLASS(sbx_manager_parent_class)->dispose(object);
+}
+
+static void
+sbx_manager_finalize(GObject *object)
+{
+    SbxManager *self = SBX_MANAGER(object);
+    g_clear_pointer(&self->probe, sbx_probe_report_free);
+    g_clear_pointer(&self->cfg, sbx_config_free);
+    g_hash_table_unref(self->runs);
+    g_free(self->cmdline);
+    g_free(self->kernel);
+    g_free(self->initrd);
+    g_free(self->rootfs);
+    g_free(self->seed);
+    g_free(self->vms_dir);
+    g_clear_object(&self->cancellable);
+    G_OBJECT_CLASS(sbx_manager_parent_class)->finalize(object);
+}
+
+static void
+sbx_manager_init(SbxManager *self)
+{
+    self->runs = g_hash_table_new(g_direct_hash, g_direct_equal);
+    self->cancellable = g_cancellable_new();
+    self->accel = SBX_ACCEL_TCG;
+}
+
+static void
+sbx_manager_class_init(SbxManagerClass *klass)
+{
+    GObjectClass *oc = G_OBJECT_CLASS(klass);
+    oc->dispose = sbx_manager_dispose;
+    oc->finalize = sbx_manager_finalize;
+}

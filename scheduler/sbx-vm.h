@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * SbxVm: one microVM and everything it owns — the QEMU process (spawned with
+ * its QMP and guest-channel sockets as inherited fds, inside its cgroup before
+ * exec), the QMP client, the guest-agent client, its work disk, its runtime
+ * directory and its cgroup — released in reverse order by sbx_vm_destroy_async,
+ * which also works on a half-built VM.
+ */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "scheduler/sbx-cgroup.h"
+#include "scheduler/sbx-guest.h"
+#include "scheduler/sbx-qemu.h"
+
+G_BEGIN_DECLS
+
+#define SBX_VM_ERROR (sbx_vm_error_quark())
+GQuark sbx_vm_error_quark(void);
+
+typedef enum {
+    SBX_VM_ERROR_SPAWN,        /* QEMU could not be started */
+    SBX_VM_ERROR_DIED,         /* QEMU exited (message has the console tail) */
+    SBX_VM_ERROR_BOOT_TIMEOUT, /* no agent hello within the boot timeout */
+} SbxVmError;
+
+typedef enum {
+    SBX_VM_STATE_NEW,
+    SBX_VM_STATE_BOOTING,
+    SBX_VM_STATE_READY,
+    SBX_VM_STATE_DEAD,      /* QEMU exited on its own */
+    SBX_VM_STATE_DESTROYED,
+} SbxVmState;
+
+typedef struct {
+    const char *qemu;          /* binary */
+    SbxQemuConfig qemu_cfg;    /* kernel, initrd, rootfs, cmdline, memory ... (work_disk set by the VM) */
+    const char *run_dir;       /* this VM's runtime directory (created; removed on destroy) */
+    const char *work_disk;     /* path of a disk the VM takes ownership of, or NULL */
+    const char *work_format;
+    SbxCgroup *cgroup;         /* already created, nullable; the VM destroys it */
+    guint boot_timeout_ms;
+} SbxVmParams;
+
+#define SBX_TYPE_VM (sbx_vm_get_type())
+G_DECLARE_FINAL_TYPE(SbxVm, sbx_vm, SBX, VM, GObject)
+
+SbxVm *sbx_vm_new(const char *id);
+const char *sbx_vm_get_id(SbxVm *self);
+SbxVmState sbx_vm_get_state(SbxVm *self);
+GPid sbx_vm_get_pid(SbxVm *self);
+/* Borrowed; valid once booted. */
+SbxGuest *sbx_vm_get_guest(SbxVm *self);
+SbxCgroup *sbx_vm_get_cgroup(SbxVm *self);
+/* Milliseconds from spawn to the agent's hello. */
+gint64 sbx_vm_get_boot_ms(SbxVm *self);
+/* The last @n console lines (diagnostics). */
+char *sbx_vm_dup_console_tail(SbxVm *self, guint n);
+
+/* Start QEMU and wait for the agent's hello. The VM keeps @params' strings it
+ * needs. On failure the VM is left for sbx_vm_destroy_async to clean. */
+void sbx_vm_boot_async(SbxVm *self, const SbxVmParams *params, GCancellable *cancellable,
+                       GAsyncReadyCallback callback, gpointer user_data);
+gboolean sbx_vm_boot_finish(SbxVm *self, GAsyncResult *result, GError **error);
+
+/* Release everything: guest channel, QMP quit with a short deadline, SIGKILL,
+ * confirmed death, work disk and run dir removed, cgroup removed. Idempotent. */
+void sbx_vm_destroy_async(SbxVm *self, GAsyncReadyCallback callback, gpointer user_data);
+gboolean sbx_vm_destroy_finish(SbxVm *self, GAsyncResult *result, GError **error);
+
+/* Signal "died" (SbxVm *, const char *reason): QEMU exited while the VM was
+ * booting or ready (not during destroy). */
+
+G_END_DECLS
