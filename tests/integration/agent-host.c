@@ -28,6 +28,7 @@ static GMainContext *ctx;
     do {                                                                                \
         gboolean ok_ = (cond);                                                          \
         g_autofree char *d_ = g_strdup_printf(__VA_ARGS__);                             \
+        g_strdelimit(d_, "\n#", '|'); /* one TAP line */                                \
         printf("%sok %d - %s\n", ok_ ? "" : "not ", ++test_no, d_);                     \
         if (!ok_) {                                                                     \
             failures++;                                                                 \

@@ -1,0 +1,279 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * Integration test: boot the real guest image ($SBX_GUEST_DIR, `make
+ * guest-image`) under TCG the way the contract attaches it (microvm,
+ * virtio-mmio, agent port org.schedulerd.agent.0 on a socketpair fd), spawned
+ * with the project's spawn helper, and drive the agent inside it with the real
+ * SbxGuest client: python / javascript / raw, persistent state, user code as
+ * uid 1000 with no_new_privs, timeout, kill -9, a file round trip and reseed.
+ * Prints TAP; time to hello and the warm print(1) round trip are printed as
+ * comments (measured, not asserted). Skips (77) without QEMU or an image with
+ * the agent.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gio/gio.h>
+#include <json-glib/json-glib.h>
+
+#include "common/sbx-spawn.h"
+#include "scheduler/sbx-guest.h"
+
+static int test_no;
+static int failures;
+
+#define OK(cond, ...)                                                                   \
+    do {                                                                                \
+        gboolean ok_ = (cond);                                                          \
+        g_autofree char *d_ = g_strdup_printf(__VA_ARGS__);                             \
+        g_strdelimit(d_, "\n#", '|'); /* one TAP line */                                \
+        printf("%sok %d - %s\n", ok_ ? "" : "not ", ++test_no, d_);                     \
+        if (!ok_) {                                                                     \
+            failures++;                                                                 \
+            printf("#   failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);              \
+        }                                                                               \
+        fflush(stdout);                                                                 \
+    } while (0)
+
+static void
+on_done(GObject *src, GAsyncResult *res, gpointer data)
+{
+    *(GAsyncResult **)data = g_object_ref(res);
+}
+
+static GAsyncResult *
+wait_result(GAsyncResult **slot)
+{
+    while (!*slot)
+        g_main_context_iteration(NULL, TRUE);
+    return *slot;
+}
+
+static void
+on_output(SbxGuestStream stream, const guint8 *data, gsize len, gpointer user_data)
+{
+    GString **o = user_data;
+    g_string_append_len(o[stream == SBX_GUEST_STDOUT ? 0 : 1], (const char *)data, (gssize)len);
+}
+
+/* Returns stdout; *res filled; FALSE result code -1000 on a request error. */
+static char *
+exec(SbxGuest *g, SbxLanguage lang, const char *code, guint timeout, SbxGuestExecResult *res)
+{
+    g_autoptr(GBytes) b = g_bytes_new(code, strlen(code));
+    g_autoptr(GError) error = NULL;
+    GString *o[2] = { g_string_new(NULL), g_string_new(NULL) };
+    GAsyncResult *r = NULL;
+
+    memset(res, 0, sizeof *res);
+    sbx_guest_exec_async(g, lang, b, timeout, NULL, on_output, o, NULL, NULL, on_done, &r);
+    if (!sbx_guest_exec_finish(g, wait_result(&r), res, &error)) {
+        printf("# exec failed: %s\n", error->message);
+        res->exit_code = -1000;
+    }
+    g_object_unref(r);
+    if (o[1]->len) {
+        g_auto(GStrv) lines = g_strsplit(o[1]->str, "\n", -1);
+        for (char **l = lines; *l; l++)
+            if (**l)
+                printf("# stderr: %s\n", *l);
+    }
+    g_string_free(o[1], TRUE);
+    return g_string_free(o[0], FALSE);
+}
+
+static guint
+host_tsc_khz(void)
+{
+    g_autofree char *s = NULL;
+    if (g_file_get_contents("/sys/devices/system/cpu/cpu0/tsc_freq_khz", &s, NULL, NULL))
+        return (guint)g_ascii_strtoull(s, NULL, 10);
+    g_clear_pointer(&s, g_free);
+    if (g_file_get_contents("/proc/cpuinfo", &s, NULL, NULL)) {
+        char *p = strstr(s, "cpu MHz");
+        if (p && (p = strchr(p, ':')))
+            return (guint)(g_ascii_strtod(p + 1, NULL) * 1000);
+    }
+    return 0;
+}
+
+static void
+skip(const char *why)
+{
+    printf("1..0 # SKIP %s\n", why);
+    exit(77);
+}
+
+int
+main(void)
+{
+    const char *dir = g_getenv("SBX_GUEST_DIR");
+    g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
+    g_autofree char *cmdline = NULL, *manifest = NULL;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(SbxSpawnSpec) spec = NULL;
+    g_autoptr(SbxChild) child = NULL;
+    g_autoptr(SbxGuest) g = NULL;
+    SbxGuestExecResult res;
+    GAsyncResult *r = NULL;
+    int sv[2];
+    gint64 t0;
+    gboolean ok;
+
+    if (!qemu)
+        skip("qemu-system-x86_64 not installed (ci/deps.sh installs it)");
+    if (!dir || !*dir)
+        skip("SBX_GUEST_DIR not set (make guest-image)");
+    {
+        g_autofree char *mpath = g_build_filename(dir, "manifest.json", NULL);
+        g_autofree char *cpath = g_build_filename(dir, "cmdline", NULL);
+        g_autoptr(JsonParser) p = json_parser_new();
+        JsonNode *root;
+        if (!g_file_get_contents(mpath, &manifest, NULL, NULL) ||
+            !g_file_get_contents(cpath, &cmdline, NULL, NULL))
+            skip("no guest image in SBX_GUEST_DIR (run make guest-image)");
+        if (!json_parser_load_from_data(p, manifest, -1, NULL) || !(root = json_parser_get_root(p)) ||
+            !JSON_NODE_HOLDS_OBJECT(root) ||
+            json_object_get_string_member_with_default(json_node_get_object(root), "agent_sha256", NULL) == NULL)
+            skip("the guest image has no agent (build guest/agent/sbx-agent, then make guest-image)");
+        g_strstrip(cmdline);
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        printf("1..0 # SKIP socketpair: %s\n", g_strerror(errno));
+        return 99;
+    }
+
+    spec = sbx_spawn_spec_new();
+    sbx_spawn_spec_add_args(spec, qemu, "-M", "microvm", "-accel", "tcg", "-m", "512", "-smp", "1",
+                            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                            "-global", "virtio-mmio.force-legacy=false", NULL);
+    sbx_spawn_spec_add_arg(spec, "-kernel");
+    sbx_spawn_spec_add_argf(spec, "%s/vmlinux", dir);
+    sbx_spawn_spec_add_arg(spec, "-initrd");
+    sbx_spawn_spec_add_argf(spec, "%s/initramfs.cpio", dir);
+    sbx_spawn_spec_add_arg(spec, "-append");
+    sbx_spawn_spec_add_argf(spec, "%s tsc_early_khz=%u", cmdline, host_tsc_khz());
+    sbx_spawn_spec_add_args(spec, "-serial", "stdio", "-drive", NULL);
+    sbx_spawn_spec_add_argf(spec, "file=%s/rootfs.erofs,format=raw,if=none,id=root,readonly=on", dir);
+    sbx_spawn_spec_add_args(spec, "-device", "virtio-blk-device,drive=root,serial=sbx-root",
+                            "-device", "virtio-serial-device",
+                            "-chardev", "socket,id=agent,fd=3",
+                            "-device", "virtserialport,chardev=agent,name=org.schedulerd.agent.0", NULL);
+    sbx_spawn_spec_take_fd(spec, sv[1], 3);
+    t0 = g_get_monotonic_time();
+    child = sbx_child_spawn(spec, &error);
+    if (!child) {
+        printf("not ok 1 - qemu starts: %s\n1..1\n", error->message);
+        close(sv[0]);
+        return 1;
+    }
+    g = sbx_guest_new(sv[0]);
+    sbx_guest_wait_hello_async(g, 180000, NULL, on_done, &r);
+    ok = sbx_guest_wait_hello_finish(g, wait_result(&r), &error);
+    g_clear_object(&r);
+    printf("# TCG boot to agent hello: %.0f ms\n", (g_get_monotonic_time() - t0) / 1000.0);
+    OK(ok && sbx_guest_has_language(g, SBX_LANGUAGE_PYTHON) && sbx_guest_has_language(g, SBX_LANGUAGE_JAVASCRIPT) &&
+       sbx_guest_has_language(g, SBX_LANGUAGE_RAW),
+       "agent in the VM says hello with python, javascript and raw (%s)", ok ? sbx_guest_get_agent_version(g) : error->message);
+    if (!ok) {
+        g_autofree char *console = sbx_child_dup_console_tail(child, 40);
+        g_auto(GStrv) lines = g_strsplit(console ? console : "", "\n", -1);
+        for (char **l = lines; *l; l++)
+            printf("# console: %s\n", *l);
+        goto out;
+    }
+
+    sbx_guest_reseed_async(g, NULL, NULL, on_done, &r);
+    ok = sbx_guest_reseed_finish(g, wait_result(&r), &error);
+    g_clear_object(&r);
+    OK(ok, "reseed (RNDADDENTROPY + RNDRESEEDCRNG) in the guest");
+
+    {
+        g_autofree char *o = exec(g, SBX_LANGUAGE_PYTHON, "print('py', 6 * 7)\nimport sys\nsys.exit(3)", 60, &res);
+        OK(res.exit_code == 3 && g_str_equal(o, "py 42\n"), "python in the VM prints and exits 3 (%d)", res.exit_code);
+    }
+    {
+        g_autofree char *o = exec(g, SBX_LANGUAGE_JAVASCRIPT, "console.log('js', 6 * 7); process.exit(5)", 60, &res);
+        OK(res.exit_code == 5 && g_str_equal(o, "js 42\n"), "javascript in the VM prints and exits 5 (%d)", res.exit_code);
+    }
+    {
+        g_autofree char *o = exec(g, SBX_LANGUAGE_RAW, "echo sh $((6 * 7)); exit 7", 60, &res);
+        OK(res.exit_code == 7 && g_str_equal(o, "sh 42\n"), "raw in the VM prints and exits 7 (%d)", res.exit_code);
+    }
+    {
+        g_autofree char *a = exec(g, SBX_LANGUAGE_PYTHON, "state = {'n': 1}", 60, &res);
+        g_autofree char *b = exec(g, SBX_LANGUAGE_PYTHON, "state['n'] += 1; print(state['n'])", 60, &res);
+        OK(g_str_equal(b, "2\n"), "python state persists in the VM");
+    }
+    {
+        g_autofree char *o = exec(g, SBX_LANGUAGE_RAW,
+                                  "id -u; id -g; grep NoNewPrivs /proc/self/status | tr -d ' \\t'; pwd; echo $HOME; ulimit -c", 60, &res);
+        OK(g_str_equal(o, "1000\n1000\nNoNewPrivs:1\n/home/user\n/home/user\n0\n"),
+           "user code runs as 1000:1000, no_new_privs, in /home/user, core 0 (\"%s\")", o);
+    }
+    {
+        g_autofree char *o = exec(g, SBX_LANGUAGE_PYTHON, "import time\ntime.sleep(60)", 2, &res);
+        g_autofree char *a = exec(g, SBX_LANGUAGE_PYTHON, "print(globals().get('state', 'fresh'))", 60, &res);
+        OK(g_str_equal(a, "fresh\n"), "timeout gives a fresh REPL in the VM");
+    }
+    {
+        g_autofree char *o = exec(g, SBX_LANGUAGE_PYTHON, "import os\nos.kill(os.getpid(), 9)", 60, &res);
+        OK(res.exit_code == 137 && res.retire, "kill -9 in the VM gives 137 and retire (%d)", res.exit_code);
+    }
+    {
+        /* 8 MiB file round trip through the virtio-serial port. */
+        const gsize size = 8 * 1024 * 1024;
+        g_autofree guint8 *data = g_malloc(size);
+        guint32 x = 0xdeadbeef;
+        guint64 n = 0;
+        for (gsize i = 0; i < size; i++) {
+            x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+            data[i] = (guint8)x;
+        }
+        g_autoptr(GInputStream) in = g_memory_input_stream_new_from_data(data, (gssize)size, NULL);
+        gint64 w0 = g_get_monotonic_time();
+        sbx_guest_write_file_async(g, "blob.bin", in, 0600, NULL, on_done, &r);
+        ok = sbx_guest_write_file_finish(g, wait_result(&r), &n, &error);
+        g_clear_object(&r);
+        gint64 w1 = g_get_monotonic_time();
+        g_autoptr(GOutputStream) mem = g_memory_output_stream_new_resizable();
+        sbx_guest_read_file_async(g, "blob.bin", mem, NULL, on_done, &r);
+        gboolean ok2 = sbx_guest_read_file_finish(g, wait_result(&r), &n, &error);
+        g_clear_object(&r);
+        gint64 w2 = g_get_monotonic_time();
+        g_output_stream_close(mem, NULL, NULL);
+        OK(ok && ok2 && n == size &&
+           memcmp(g_memory_output_stream_get_data(G_MEMORY_OUTPUT_STREAM(mem)), data, size) == 0,
+           "8 MiB file round-trips byte-identical through the VM");
+        printf("# VM write_file 8 MiB %.0f ms, read_file %.0f ms\n", (w1 - w0) / 1000.0, (w2 - w1) / 1000.0);
+        g_autofree char *o = exec(g, SBX_LANGUAGE_RAW, "stat -c '%u %a %s' blob.bin", 60, &res);
+        OK(g_str_equal(o, "1000 600 8388608\n"), "uploaded file is owned by the user with mode 0600 (\"%s\")", o);
+    }
+    {
+        enum { N = 100 };
+        double t[N];
+        for (int i = 0; i < N; i++) {
+            gint64 s = g_get_monotonic_time();
+            g_free(exec(g, SBX_LANGUAGE_PYTHON, "print(1)", 60, &res));
+            t[i] = (g_get_monotonic_time() - s) / 1000.0;
+        }
+        for (int i = 0; i < N; i++)
+            for (int j = i + 1; j < N; j++)
+                if (t[j] < t[i]) { double tmp = t[i]; t[i] = t[j]; t[j] = tmp; }
+        printf("# VM (TCG) warm python print(1) round trip, N=%d: min %.2f / median %.2f / p95 %.2f ms\n",
+               N, t[0], t[N / 2], t[N * 95 / 100]);
+        OK(res.exit_code == 0, "100 warm python execs in the VM");
+    }
+
+out:
+    sbx_guest_close(g);
+    sbx_child_kill(child, SIGKILL);
+    sbx_child_wait_async(child, NULL, on_done, &r);
+    sbx_child_wait_finish(child, wait_result(&r), NULL);
+    g_clear_object(&r);
+    printf("1..%d\n", test_no);
+    return failures ? 1 : 0;
+}
