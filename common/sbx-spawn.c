@@ -7,6 +7,8 @@
  * Reaping goes through g_subprocess_wait_async (GLib's child watch).
  * Used by qsd/, gvproxy-glue/ and scheduler/; depends on nothing else here.
  */
+#define G_LOG_DOMAIN "sbx-spawn"
+
 #include "common/sbx-spawn.h"
 #include "common/sbx-fd.h"
 

@@ -32,6 +32,7 @@ struct _QsdDaemon {
     gboolean running;
     gboolean starting;
     gboolean ever_started;
+    gboolean stopping;
     guint restarts;
     guint64 next_node;
     GQueue start_waiters; /* GTask */
@@ -122,8 +123,8 @@ qmp_closed_cb(QmpClient *qmp, const GError *reason, gpointer user_data)
 {
     QsdDaemon *self = user_data;
     /* A monitor that went away means the daemon is unusable: kill it so the
-     * next request starts a fresh one. */
-    if (self->child)
+     * next request starts a fresh one (unless it is quitting on request). */
+    if (self->child && !self->stopping)
         sbx_child_kill(self->child, SIGKILL);
     self->running = FALSE;
 }
@@ -198,6 +199,7 @@ qsd_daemon_start_async(QsdDaemon *self, GCancellable *cancellable, GAsyncReadyCa
     if (self->starting)
         return;
     self->starting = TRUE;
+    self->stopping = FALSE;
     drop_process(self);
     if (!spawn_daemon(self, &error))
         finish_start_waiters(self, error);
@@ -461,6 +463,7 @@ qsd_daemon_stop_async(QsdDaemon *self, guint timeout_ms, GCancellable *cancellab
     }
     StopData *d = g_new0(StopData, 1);
     d->child = g_object_ref(self->child);
+    self->stopping = TRUE;
     g_task_set_task_data(task, d, (GDestroyNotify)stop_data_free);
     if (self->qmp && self->running)
         qmp_quit_async(self->qmp, NULL, stop_quit_cb, NULL);

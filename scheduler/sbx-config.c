@@ -3,6 +3,8 @@
  * sbx-config: defaults + key-file + environment for schedulerd and the
  * embedded scheduler in schedulerctl. Pure apart from reading the file.
  */
+#define G_LOG_DOMAIN "sbx-config"
+
 #include "scheduler/sbx-config.h"
 
 #include <string.h>

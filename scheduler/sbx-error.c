@@ -3,6 +3,8 @@
  * sbx-error: the scheduler error domain, its names and their D-Bus mapping.
  * Used by the manager, the D-Bus adapter and schedulerctl.
  */
+#define G_LOG_DOMAIN "sbx-error"
+
 #include "scheduler/sbx-error.h"
 
 G_DEFINE_QUARK(sbx-error-quark, sbx_error)

@@ -8,6 +8,8 @@
  * front ends (the D-Bus adapter in schedulerd and schedulerctl --embedded)
  * drive this object; it knows nothing about D-Bus.
  */
+#define G_LOG_DOMAIN "sbx-manager"
+
 #include "scheduler/sbx-manager.h"
 
 #include <string.h>

@@ -4,6 +4,8 @@
  * scheduler runs once at startup (before it serves anything). Used by sbx-vm
  * (records) and sbx-manager (reap at start).
  */
+#define G_LOG_DOMAIN "sbx-orphans"
+
 #include "scheduler/sbx-orphans.h"
 
 #include <errno.h>

@@ -7,6 +7,8 @@
  * DSDT), modern virtio-mmio, PVH vmlinux, no NIC unless asked, serial console
  * on stdout for the diagnostics ring.
  */
+#define G_LOG_DOMAIN "sbx-qemu"
+
 #include "scheduler/sbx-qemu.h"
 
 #include <stdio.h>

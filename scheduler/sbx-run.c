@@ -4,6 +4,8 @@
  * validation reuses common/sbx-validate (the guest agent checks the same rules
  * again on its side) and maps every failure to SBX_ERROR_INVALID_INPUT.
  */
+#define G_LOG_DOMAIN "sbx-run"
+
 #include "scheduler/sbx-run.h"
 #include "scheduler/sbx-error.h"
 

@@ -8,6 +8,8 @@
  * A record of the live VM (its pid and start time) stays in its run dir so a
  * restarted scheduler can reap the orphans of a crashed one (sbx-orphans.c).
  */
+#define G_LOG_DOMAIN "sbx-vm"
+
 #include "scheduler/sbx-vm.h"
 
 #include <signal.h>
