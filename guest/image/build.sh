@@ -70,6 +70,13 @@ trap 'rm -rf "$work"' EXIT
 script_hash=$(cat "$here/build.sh" "$here/packages.list" | hash_stdin)
 
 # --- resolve versions -------------------------------------------------------------------
+# The system's apt configuration and lists; only apt's binary package cache is kept in our
+# cache (Debian container images often disable it, and then every apt-cache call re-parses
+# all lists, ~0.7 s each). apt revalidates it against the lists and dpkg status itself.
+mkdir -p "$cache/apt"
+apt_opts=(-o "Dir::Cache::pkgcache=$cache/apt/pkgcache.bin" -o "Dir::Cache::srcpkgcache=")
+apt-cache() { command apt-cache "${apt_opts[@]}" "$@"; }
+apt-get() { command apt-get "${apt_opts[@]}" "$@"; }
 kmeta=linux-image-cloud-amd64
 kpkg=$(apt-cache depends "$kmeta" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
 [ -n "$kpkg" ] || die "cannot resolve $kmeta (apt-get update?)"
@@ -283,6 +290,15 @@ else
     printf '%s\n' 'passwd: files' 'group: files' 'shadow: files' 'hosts: files dns' > "$rs/etc/nsswitch.conf"
     ln -s ../run/resolv.conf "$rs/etc/resolv.conf"   # the agent writes /run/resolv.conf when networking
     if [ -n "$agent_bin" ]; then
+        # Every library the agent needs must be in the root (no ld.so.cache: search the
+        # loader's default directories).
+        for lib in $(readelf -d "$agent_bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+            found=
+            for d in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu lib64 lib usr/lib; do
+                [ -e "$rs/$d/$lib" ] && { found=1; break; }
+            done
+            [ -n "$found" ] || die "agent needs $lib, which no package in packages.list provides"
+        done
         cp "$agent_bin" "$rs/usr/libexec/sbx-agent"
         chmod 0755 "$rs/usr/libexec/sbx-agent"
     fi

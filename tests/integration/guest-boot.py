@@ -8,7 +8,8 @@ The init's `sbx.debug` option prints its mount table and sysctls on the serial c
 `sbx.agent=PATH` names the program to exec; pointing it at a path that does not exist
 makes init report the missing agent and power off, which exercises the whole init path
 whether or not the image already contains the agent. The last case boots the image as is:
-with an agent it expects bytes on the agent port, without one init's report.
+with an agent it expects the agent's hello frame on the agent port (with python3, node
+and sh found in the root), without one init's report.
 
 TAP output, stdlib only. Skips (77) when the image or QEMU is missing.
 """
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -58,7 +60,7 @@ def host_tsc_khz():
 class Boot:
     """One QEMU run: console text, bytes from the agent port, exit status."""
 
-    def __init__(self, image, extra_append="", root=True, work=None, wait_agent_bytes=0):
+    def __init__(self, image, extra_append="", root=True, work=None, wait_frame=False):
         with open(os.path.join(image, "cmdline")) as f:
             cmdline = f.read().strip()
         append = "%s tsc_early_khz=%d %s" % (cmdline, host_tsc_khz(), extra_append)
@@ -100,12 +102,12 @@ class Boot:
                     continue
                 if chunk:
                     self.port_data += chunk
-                    if wait_agent_bytes and len(self.port_data) >= wait_agent_bytes:
+                    if wait_frame and first_frame(self.port_data):
                         break
                 else:
                     time.sleep(0.05)  # port closed; QEMU is about to exit
             self.timed_out = proc.poll() is None and not (
-                wait_agent_bytes and len(self.port_data) >= wait_agent_bytes)
+                wait_frame and first_frame(self.port_data))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -116,6 +118,20 @@ class Boot:
 
     def log(self):
         return "rc=%s timed_out=%s\n%s" % (self.rc, self.timed_out, self.console)
+
+
+def first_frame(data):
+    """The JSON header of the first complete wire frame in data (docs/guest-protocol.md:
+    u32be header_len | u32be payload_len | JSON header | payload), or None."""
+    if len(data) < 8:
+        return None
+    hl, pl = struct.unpack(">II", data[:8])
+    if len(data) < 8 + hl + pl:
+        return None
+    try:
+        return json.loads(data[8:8 + hl].decode("utf-8"))
+    except ValueError:
+        return {"undecodable": data[:8 + hl]}
 
 
 def lines(console, prefix):
@@ -217,10 +233,14 @@ def main():
         # 8. the image as built: the agent's first bytes arrive on the port, or (image
         #    without an agent) init reports the missing /usr/libexec/sbx-agent
         if manifest.get("agent_sha256"):
-            b = Boot(image, "", work=work, wait_agent_bytes=1)
-            check(len(b.port_data) > 0 and not b.timed_out,
-                  "the agent's first bytes arrive on %s" % AGENT_PORT,
-                  "port: %r\n%s" % (b.port_data[:200], b.log()))
+            b = Boot(image, "", work=work, wait_frame=True)
+            hello = first_frame(b.port_data) or {}
+            langs = hello.get("languages", {})
+            check(hello.get("type") == "hello" and hello.get("protocol") == 1
+                  and langs.get("python") is True and langs.get("javascript") is True
+                  and langs.get("raw") is True,
+                  "the agent's hello arrives on %s and finds python3, node and sh" % AGENT_PORT,
+                  "hello: %r\nport: %r\n%s" % (hello, b.port_data[:300], b.log()))
         else:
             b = Boot(image, "", work=work)
             check(not b.timed_out and b.rc == 0
