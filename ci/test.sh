@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # The whole test suite, as CI runs it (.ci/run calls exactly this):
-#   1. install Debian prerequisites (ci/deps.sh, idempotent)
-#   2. configure + build in build/
-#   3. build (or reuse from the cache) the guest image
+#   1-3. ci/build.sh: Debian prerequisites (idempotent), configure + build in
+#        build/, the guest image (built or reused from the cache)
 #   4. make check: unit, component and integration tests (real QEMU, TCG)
 #   5. a sanitizer build (ASAN+UBSAN) in build-asan/ running the unit tests
 #   6. a bounded libFuzzer run of the QMP message parser
@@ -15,12 +14,6 @@ jobs=${JOBS:-$(nproc)}
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "dependencies"
-bash ci/deps.sh
-
-step "autoreconf"
-autoreconf -fi >/dev/null 2>&1 || autoreconf -fi
-
 configure_in() { # dir, configure args...
     local dir=$1; shift
     mkdir -p "$dir"
@@ -29,14 +22,8 @@ configure_in() { # dir, configure args...
     fi
 }
 
-step "build"
-configure_in build
-make -C build -j"$jobs" >/dev/null
-
-if grep -q '^guest-image:' build/Makefile; then
-    step "guest image"
-    make -C build guest-image
-fi
+step "build (ci/build.sh: deps, configure, compile, guest image)"
+bash ci/build.sh
 
 status=0
 step "make check"
