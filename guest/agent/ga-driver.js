@@ -8,7 +8,11 @@
 (function () {
   const fs = require('fs');
   const vm = require('vm');
-  const RFD = 3, WFD = 4;
+  // Reopen the control pipes close-on-exec so the user's child processes do not inherit them.
+  const RFD = fs.openSync('/proc/self/fd/3', fs.constants.O_RDONLY);
+  const WFD = fs.openSync('/proc/self/fd/4', fs.constants.O_WRONLY);
+  fs.closeSync(3);
+  fs.closeSync(4);
   globalThis.require = require;
   class SbxExit { constructor(code) { this.code = code; } }
   process.exit = function (code) {
