@@ -184,7 +184,12 @@ probe_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         return;
     }
     g_info("cgroups: %s", sbx_cgroup_manager_get_reason(self->cgroups));
-    sbx_cgroup_manager_sweep_orphans_async(self->cgroups, NULL, NULL, sweep_cb, NULL);
+    /* only the groups of dead schedulers: the base is shared with live ones */
+    g_autoptr(GPtrArray) bases = sbx_cgroup_manager_dup_base_dirs(self->cgroups);
+    g_autoptr(GPtrArray) dead = sbx_orphans_dead_owner_prefixes(bases);
+    for (guint i = 0; i < dead->len; i++)
+        sbx_cgroup_manager_sweep_orphans_async(self->cgroups, g_ptr_array_index(dead, i), NULL,
+                                               sweep_cb, NULL);
 
     SbxAdmissionConfig acfg;
     admission_config_from(self->cfg, &acfg);

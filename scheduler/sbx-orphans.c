@@ -115,3 +115,39 @@ sbx_orphans_reap(const char *parent_dir)
     }
     return out;
 }
+
+/* "vm-<pid>-<serial>" -> pid, 0 when @name is not of that form. */
+static pid_t
+owner_pid(const char *name)
+{
+    if (!g_str_has_prefix(name, "vm-"))
+        return 0;
+    char *end = NULL;
+    guint64 pid = g_ascii_strtoull(name + 3, &end, 10);
+    if (end == name + 3 || *end != '-' || pid <= 1 || pid > G_MAXINT32)
+        return 0;
+    return (pid_t)pid;
+}
+
+GPtrArray *
+sbx_orphans_dead_owner_prefixes(GPtrArray *base_dirs)
+{
+    GPtrArray *out = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GHashTable) seen = g_hash_table_new(g_direct_hash, g_direct_equal);
+    for (guint i = 0; base_dirs && i < base_dirs->len; i++) {
+        g_autoptr(GDir) d = g_dir_open(g_ptr_array_index(base_dirs, i), 0, NULL);
+        const char *name;
+        while (d && (name = g_dir_read_name(d)) != NULL) {
+            pid_t pid = owner_pid(name);
+            if (pid == 0 || pid == getpid() ||
+                g_hash_table_contains(seen, GINT_TO_POINTER(pid)))
+                continue;
+            g_hash_table_add(seen, GINT_TO_POINTER(pid));
+            /* alive (or not ours to signal): its owner still manages it */
+            if (kill(pid, 0) == 0 || errno != ESRCH)
+                continue;
+            g_ptr_array_add(out, g_strdup_printf("vm-%d-", (int)pid));
+        }
+    }
+    return out;
+}

@@ -23,4 +23,11 @@ guint64 sbx_orphans_pid_start_time(GPid pid);
  * and is removed with its files. Returns one line per thing cleaned (owned). */
 GPtrArray *sbx_orphans_reap(const char *parent_dir);
 
+/* Per-VM names are "vm-<owner pid>-<serial>". Scan the cgroup @base_dirs for
+ * such groups whose owner process is gone (and is not this process) and
+ * return the distinct prefixes "vm-<pid>-" to sweep (owned strings). Groups of
+ * a live scheduler -- another schedulerd, an embedded schedulerctl, a test --
+ * sharing the same cgroup base are never included. */
+GPtrArray *sbx_orphans_dead_owner_prefixes(GPtrArray *base_dirs);
+
 G_END_DECLS
