@@ -13,7 +13,7 @@ host seconds from Popen():
 Prints one line per run and min/median/max, and which accelerator was used (always TCG
 on hosts without real KVM; see docs/guest-image.md).
 
-usage: bench-boot.py [--image DIR] [-n N] [--no-work]
+usage: bench-boot.py [--image DIR] [-n N] [--no-work] [--cmdline STR]
 """
 import argparse
 import json
@@ -43,9 +43,11 @@ def host_tsc_khz():
     raise RuntimeError("no cpu MHz in /proc/cpuinfo")
 
 
-def boot_once(qemu, image, work, has_agent, timeout=120.0):
-    with open(os.path.join(image, "cmdline")) as f:
-        append = "%s tsc_early_khz=%d" % (f.read().strip(), host_tsc_khz())
+def boot_once(qemu, image, work, has_agent, cmdline=None, timeout=120.0):
+    if cmdline is None:
+        with open(os.path.join(image, "cmdline")) as f:
+            cmdline = f.read().strip()
+    append = "%s tsc_early_khz=%d" % (cmdline, host_tsc_khz())
     host_end, guest_end = socket.socketpair()
     argv = [qemu, "-M", "microvm", "-accel", "tcg", "-m", "512", "-smp", "1",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -103,6 +105,7 @@ def main():
     ap.add_argument("--image", default=os.environ.get("SBX_GUEST_DIR", "guest/image/current"))
     ap.add_argument("-n", type=int, default=10)
     ap.add_argument("--no-work", action="store_true", help="no work disk (/home/user tmpfs)")
+    ap.add_argument("--cmdline", help="kernel command line instead of the image's (A/B tests)")
     args = ap.parse_args()
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
@@ -122,7 +125,7 @@ def main():
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
                                 os.path.abspath(os.path.join(args.image, "work-seed.ext4")),
                                 "-F", "raw", work], check=True)
-            m = boot_once(qemu, args.image, work, has_agent)
+            m = boot_once(qemu, args.image, work, has_agent, args.cmdline)
             if "first_byte" in m:
                 firsts.append(m["first_byte"])
             if "exit" in m:

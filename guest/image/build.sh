@@ -78,8 +78,14 @@ apt_opts=(-o "Dir::Cache::pkgcache=$cache/apt/pkgcache.bin" -o "Dir::Cache::srcp
 apt-cache() { command apt-cache "${apt_opts[@]}" "$@"; }
 apt-get() { command apt-get "${apt_opts[@]}" "$@"; }
 kmeta=linux-image-cloud-amd64
-kpkg=$(apt-cache depends "$kmeta" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
-[ -n "$kpkg" ] || die "cannot resolve $kmeta (apt-get update?)"
+resolve_kpkg() { apt-cache depends "$kmeta" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }'; }
+kpkg=$(resolve_kpkg)
+if [ -z "$kpkg" ] && [ "$(id -u)" = 0 ]; then
+    log "no $kmeta in the apt lists: running apt-get update..."
+    command apt-get update -qq >/dev/null 2>&1 || true
+    kpkg=$(resolve_kpkg)
+fi
+[ -n "$kpkg" ] || die "cannot resolve $kmeta (run apt-get update)"
 krel=${kpkg#linux-image-}
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" { print $2; exit }'; }
 kver=$(candidate "$kpkg")
@@ -131,7 +137,7 @@ fetch() { # pkg=ver ...
     log "downloading ${#missing[@]} packages..."
     local dl; dl=$(mktemp -d "$work/dl.XXXXXX"); chmod 755 "$dl"
     if ! (cd "$dl" && apt-get download -q=2 "${missing[@]}") > "$work/apt.log" 2>&1; then
-        cat "$work/apt.log" >&2; die "apt-get download failed"
+        cat "$work/apt.log" >&2; die "apt-get download failed (stale apt lists? run apt-get update)"
     fi
     mv "$dl"/*.deb "$cache/debs/"
     for p in "${missing[@]}"; do deb_path "$p" >/dev/null || die "downloaded but not found: $p"; done

@@ -173,6 +173,7 @@ load_modules(void)
         fatal("/etc/modules.list: %s", strerror(errno));
     while (fgets(line, sizeof line, f)) {
         int fd, err = 0;
+        double t0;
 
         line[strcspn(line, "\r\n")] = '\0';
         if (!line[0] || line[0] == '#')
@@ -182,9 +183,11 @@ load_modules(void)
             say("module %s: %s", line, strerror(errno));
             continue;
         }
+        t0 = uptime();
         if (syscall(SYS_finit_module, fd, "", 0) != 0)
             err = errno;
         close(fd);
+        dbg("module %s: %.1f ms%s", line, (uptime() - t0) * 1e3, err ? " (not loaded)" : "");
         /* EEXIST: built in or already loaded; ENODEV: no such hardware (crc32c-intel
          * without SSE4.2 under TCG). Neither matters. */
         if (err && err != EEXIST && err != ENODEV)
