@@ -56,6 +56,7 @@ struct _QmpClient {
     GSource *connect_cancel;
     guint64 negotiate_id;
 
+    gboolean disposing; /* no "closed" from dispose: the handlers' owners may be going too */
     gboolean have_version;
     QmpVersion version;
     char *package;
@@ -297,7 +298,8 @@ close_with_error(QmpClient *self, GError *reason)
                                            "%s: QMP connection closed%s%s", p->command,
                                            reason ? ": " : "", reason ? reason->message : ""));
     }
-    g_signal_emit(self, signals[SIGNAL_CLOSED], 0, reason);
+    if (!self->disposing)
+        g_signal_emit(self, signals[SIGNAL_CLOSED], 0, reason);
 }
 
 void
@@ -705,6 +707,8 @@ qmp_client_dispose(GObject *object)
 {
     QmpClient *self = QMP_CLIENT(object);
 
+    /* Nothing can be pending here: every task holds a reference to us. */
+    self->disposing = TRUE;
     if (self->socket != NULL)
         close_with_error(self, NULL);
     G_OBJECT_CLASS(qmp_client_parent_class)->dispose(object);

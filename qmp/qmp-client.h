@@ -86,6 +86,12 @@ void qmp_client_close(QmpClient *self);
  *       void (QmpClient *, const char *name, JsonObject *data, gint64 timestamp_us)
  *       data is never NULL (empty object when the event has none).
  *   "closed": void (QmpClient *, const GError *reason)   reason NULL on qmp_client_close()
+ *       Emitted once, when the connection ends (EOF, I/O or protocol error, timeout of
+ *       the handshake, qmp_client_close()); not when the last reference is dropped
+ *       without a close (the socket is closed silently then).
+ *
+ * Lifetime: every pending command's GTask holds a reference to the client, so
+ * it lives until its commands completed; qmp_client_close() ends them early.
  */
 
 G_END_DECLS

@@ -148,12 +148,14 @@ static int
 teardown(void **state)
 {
     Fixture *f = *state;
-    GObject *weak = G_OBJECT(f->client);
 
-    g_object_add_weak_pointer(weak, (gpointer *)&weak);
-    g_object_unref(f->client);
-    drain();
-    assert_null(weak); /* nothing kept the client alive */
+    if (f->client) {
+        GObject *weak = G_OBJECT(f->client);
+        g_object_add_weak_pointer(weak, (gpointer *)&weak);
+        g_object_unref(f->client);
+        drain();
+        assert_null(weak); /* nothing kept the client alive */
+    }
     if (qmp_fake_get_failure(f->fake))
         fail_msg("fake server: %s", qmp_fake_get_failure(f->fake));
     qmp_fake_free(f->fake);
@@ -597,6 +599,23 @@ test_close_by_caller(void **state)
     wait_clear(&w);
 }
 
+static gboolean
+fake_saw_eof(gpointer data)
+{
+    return qmp_fake_saw_eof(data);
+}
+
+static void
+test_unref_closes_silently(void **state)
+{
+    Fixture *f = *state;
+
+    connect_ok(f);
+    g_clear_object(&f->client);
+    run_until(fake_saw_eof, f->fake); /* the socket was closed ... */
+    assert_int_equal(f->n_closed, 0); /* ... without "closed" from dispose */
+}
+
 static void
 test_handshake_failures(void **state)
 {
@@ -771,6 +790,7 @@ main(void)
         T(test_pending_bound),
         T(test_fd_passing),
         T(test_close_by_caller),
+        T(test_unref_closes_silently),
         T(test_handshake_failures),
         T(test_handshake_hangup_and_timeout),
         T(test_hangup_before_greeting),
