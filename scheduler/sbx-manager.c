@@ -21,6 +21,7 @@
 #include "scheduler/sbx-cgroup.h"
 #include "scheduler/sbx-error.h"
 #include "scheduler/sbx-orphans.h"
+#include "scheduler/sbx-session.h"
 #include "scheduler/sbx-vm.h"
 
 #define SBX_OUTPUT_QUEUE_MAX (4 * 1024 * 1024)
@@ -40,7 +41,8 @@ struct _SbxManager {
     SbxAdmission *admission;
     QsdDaemon *qsd;
     QsdOverlayPool *disks;
-    GHashTable *runs;  /* RunData* set: in flight */
+    GHashTable *runs;  /* RunData* set: in flight, and the VMs sessions hold */
+    GHashTable *sessions; /* id -> SbxSession* (ref): open sessions */
     guint64 serial;
     guint64 runs_total;
     guint64 runs_failed;
@@ -271,8 +273,21 @@ typedef struct {
     gboolean broken;       /* the reader went away: drop the rest */
 } Sink;
 
+/* One RunData drives every path that uses a VM, so they share one
+ * admission / work disk / cgroup / boot / teardown sequence:
+ *   RUN           boot a fresh VM, exec, destroy it (Run)
+ *   SESSION_VM    boot a VM and hand it to an SbxSession; destroyed when the
+ *                 session releases it (the RunData is then its SbxVmLease)
+ *   SESSION_EXEC  exec in a session's booted VM; nothing booted or destroyed */
+typedef enum {
+    RUN_KIND_RUN,
+    RUN_KIND_SESSION_VM,
+    RUN_KIND_SESSION_EXEC,
+} RunKind;
+
 struct _RunData {
     SbxManager *mgr;
+    RunKind kind;
     GTask *task;
     SbxLanguage language;
     GBytes *code;
@@ -293,6 +308,8 @@ struct _RunData {
     guint setup_pending;
     gboolean exec_done;
     gboolean dispatched;
+    gboolean retire;        /* the guest asked for the VM to be retired (exit 137) */
+    guint idle_timeout_s;   /* SESSION_VM */
     gint64 t0, t_stage;
     GCancellable *cancellable;
     gulong cancel_id;
@@ -433,6 +450,11 @@ run_teardown(RunData *d)
     if (d->result)
         d->result->timing.exec_ms = stage_ms(d);
     progress(d, SBX_RUN_STAGE_TEARDOWN);
+    if (d->kind == RUN_KIND_SESSION_EXEC) {
+        g_clear_object(&d->vm); /* borrowed from the session: it stays up */
+        run_finish(d);
+        return;
+    }
     if (d->vm) {
         SbxCgroup *cg = sbx_vm_get_cgroup(d->vm);
         SbxCgroupStats st;
@@ -460,17 +482,21 @@ run_finish(RunData *d)
     SbxManager *self = d->mgr;
     g_autoptr(GTask) task = d->task;
 
-    if (d->result)
+    if (d->result && d->kind != RUN_KIND_SESSION_EXEC)
         d->result->timing.teardown_ms = stage_ms(d);
     g_clear_pointer(&d->reservation, sbx_reservation_free); /* admission released last */
     g_hash_table_remove(self->runs, d);
     if (d->cancel_id)
         g_cancellable_disconnect(g_task_get_cancellable(task), d->cancel_id);
-    self->runs_total++;
+    if (d->kind != RUN_KIND_SESSION_VM)
+        self->runs_total++;
     if (d->error) {
         self->runs_failed++;
         g_task_return_error(task, map_error(d, d->error));
+    } else if (d->kind == RUN_KIND_SESSION_VM) {
+        g_task_return_boolean(task, TRUE); /* a session's VM released */
     } else {
+        g_task_set_task_data(task, GINT_TO_POINTER(d->retire), NULL);
         d->result->timing.total_ms = MAX((g_get_monotonic_time() - d->t0 + 500) / 1000, 1);
         g_task_return_pointer(task, g_steal_pointer(&d->result),
                               (GDestroyNotify)sbx_run_result_free);
@@ -495,6 +521,7 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     } else {
         d->result->exit_code = r.exit_code;
         d->result->timed_out = r.timed_out;
+        d->retire = r.retire;
         g_free(d->result->output_limit);
         d->result->output_limit =
             g_strdup(r.stdout_truncated ? "stdout" : r.stderr_truncated ? "stderr" : "");
@@ -502,6 +529,18 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     d->exec_done = TRUE;
     sink_pump(d, &d->sink[0]);
 }
+
+/* Send the code of @d to its booted VM; output streams to the sinks. */
+static void
+run_exec(RunData *d)
+{
+    progress(d, SBX_RUN_STAGE_EXEC);
+    d->dispatched = TRUE;
+    sbx_guest_exec_async(sbx_vm_get_guest(d->vm), d->language, d->code, d->timeout_s, d->env,
+                         output_cb, d, NULL, d->cancellable, exec_cb, d);
+}
+
+static void session_booted(RunData *d);
 
 static void
 boot_cb(GObject *source, GAsyncResult *res, gpointer user_data)
@@ -514,10 +553,11 @@ boot_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         return;
     }
     d->result->timing.boot_ms = stage_ms(d);
-    progress(d, SBX_RUN_STAGE_EXEC);
-    d->dispatched = TRUE;
-    sbx_guest_exec_async(sbx_vm_get_guest(d->vm), d->language, d->code, d->timeout_s, d->env,
-                         output_cb, d, NULL, d->cancellable, exec_cb, d);
+    if (d->kind == RUN_KIND_SESSION_VM) {
+        session_booted(d);
+        return;
+    }
+    run_exec(d);
 }
 
 static void
@@ -632,6 +672,60 @@ run_cancelled_cb(GCancellable *cancellable, gpointer user_data)
     g_cancellable_cancel(d->cancellable);
 }
 
+static RunData *
+run_data_new(SbxManager *self, RunKind kind, GTask *task, const SbxRunSpec *spec,
+             GOutputStream *out, GOutputStream *err, GCancellable *cancellable)
+{
+    RunData *d = g_new0(RunData, 1);
+    d->mgr = self;
+    d->kind = kind;
+    d->task = task;
+    d->language = spec->language;
+    d->code = spec->code ? g_bytes_ref(spec->code) : NULL;
+    d->env = g_hash_table_ref(spec->env);
+    d->timeout_s = spec->timeout_s;
+    d->memory_mb = spec->memory_mb;
+    d->sink[0].run = d->sink[1].run = d;
+    d->sink[0].stream = out ? g_object_ref(out) : NULL;
+    d->sink[1].stream = err ? g_object_ref(err) : NULL;
+    d->result = sbx_run_result_new();
+    g_free(d->result->accel);
+    d->result->accel = g_strdup(sbx_accel_to_string(self->accel));
+    d->cancellable = g_cancellable_new();
+    if (cancellable)
+        d->cancel_id = g_cancellable_connect(cancellable, G_CALLBACK(run_cancelled_cb), d, NULL);
+    d->t0 = d->t_stage = g_get_monotonic_time();
+    return d;
+}
+
+/* 2. admission, then work disk + cgroup, then boot (admitted_cb ... boot_cb). */
+static void
+run_admit(RunData *d)
+{
+    SbxManager *self = d->mgr;
+    g_hash_table_add(self->runs, d);
+    progress(d, SBX_RUN_STAGE_ADMISSION);
+    SbxAdmissionConfig acfg;
+    admission_config_from(self->cfg, &acfg);
+    guint64 mem, cpu;
+    vm_cost(self, d->memory_mb, &acfg, &mem, &cpu);
+    sbx_admission_acquire_async(self->admission, mem, cpu, self->cfg->admission_timeout_s * 1000,
+                                d->cancellable, admitted_cb, d);
+}
+
+/* Why a new request is refused before it is queued, or TRUE. */
+static gboolean
+check_accepting(SbxManager *self, GError **error)
+{
+    if (!self->started || self->shutting_down) {
+        g_set_error_literal(error, SBX_ERROR, SBX_ERROR_TRANSIENT,
+                            self->shutting_down ? "the scheduler is shutting down"
+                                                : "the scheduler has not started");
+        return FALSE;
+    }
+    return TRUE;
+}
+
 void
 sbx_manager_run_async(SbxManager *self, const SbxRunSpec *spec, GOutputStream *out,
                       GOutputStream *err, SbxRunProgressFunc progress_func, gpointer progress_data,
@@ -647,43 +741,15 @@ sbx_manager_run_async(SbxManager *self, const SbxRunSpec *spec, GOutputStream *o
         g_object_unref(task);
         return;
     }
-    if (!self->started || self->shutting_down) {
-        g_task_return_new_error(task, SBX_ERROR, SBX_ERROR_TRANSIENT,
-                                self->shutting_down ? "the scheduler is shutting down"
-                                                    : "the scheduler has not started");
+    if (!check_accepting(self, &error)) {
+        g_task_return_error(task, error);
         g_object_unref(task);
         return;
     }
-    RunData *d = g_new0(RunData, 1);
-    d->mgr = self;
-    d->task = task;
-    d->language = spec->language;
-    d->code = g_bytes_ref(spec->code);
-    d->env = g_hash_table_ref(spec->env);
-    d->timeout_s = spec->timeout_s;
-    d->memory_mb = spec->memory_mb;
+    RunData *d = run_data_new(self, RUN_KIND_RUN, task, spec, out, err, cancellable);
     d->progress = progress_func;
     d->progress_data = progress_data;
-    d->sink[0].run = d->sink[1].run = d;
-    d->sink[0].stream = out ? g_object_ref(out) : NULL;
-    d->sink[1].stream = err ? g_object_ref(err) : NULL;
-    d->result = sbx_run_result_new();
-    g_free(d->result->accel);
-    d->result->accel = g_strdup(sbx_accel_to_string(self->accel));
-    d->cancellable = g_cancellable_new();
-    if (cancellable)
-        d->cancel_id = g_cancellable_connect(cancellable, G_CALLBACK(run_cancelled_cb), d, NULL);
-    d->t0 = d->t_stage = g_get_monotonic_time();
-    g_hash_table_add(self->runs, d);
-
-    /* 2. admission */
-    progress(d, SBX_RUN_STAGE_ADMISSION);
-    SbxAdmissionConfig acfg;
-    admission_config_from(self->cfg, &acfg);
-    guint64 mem, cpu;
-    vm_cost(self, d->memory_mb, &acfg, &mem, &cpu);
-    sbx_admission_acquire_async(self->admission, mem, cpu, self->cfg->admission_timeout_s * 1000,
-                                d->cancellable, admitted_cb, d);
+    run_admit(d);
 }
 
 SbxRunResult *
@@ -691,6 +757,150 @@ sbx_manager_run_finish(SbxManager *self, GAsyncResult *result, GError **error)
 {
     g_return_val_if_fail(g_task_is_valid(result, self), NULL);
     return g_task_propagate_pointer(G_TASK(result), error);
+}
+
+/* ---- sessions ----------------------------------------------------------- */
+
+static void
+session_closed_cb(SbxSession *session, const char *reason, gpointer user_data)
+{
+    SbxManager *self = user_data;
+    g_signal_handlers_disconnect_by_data(session, self);
+    g_hash_table_remove(self->sessions, sbx_session_get_id(session));
+}
+
+/* The VM of a SESSION_VM is up: from now on the RunData is the session's lease. */
+static void
+session_booted(RunData *d)
+{
+    SbxManager *self = d->mgr;
+    if (g_cancellable_is_cancelled(d->cancellable) || self->shutting_down) {
+        run_set_error(d, g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                                             "cancelled while the session's VM booted"));
+        run_teardown(d);
+        return;
+    }
+    g_autoptr(GTask) task = g_steal_pointer(&d->task);
+    if (d->cancel_id) {
+        g_cancellable_disconnect(g_task_get_cancellable(task), d->cancel_id);
+        d->cancel_id = 0;
+    }
+    SbxSession *session = sbx_session_new(self, (SbxVmLease *)d, d->language, d->idle_timeout_s);
+    g_hash_table_insert(self->sessions, g_strdup(sbx_session_get_id(session)),
+                        g_object_ref(session));
+    g_signal_connect(session, "closed", G_CALLBACK(session_closed_cb), self);
+    g_info("session %s: VM %s up (admission %" G_GINT64_FORMAT " ms, setup %" G_GINT64_FORMAT
+           " ms, boot %" G_GINT64_FORMAT " ms)",
+           sbx_session_get_id(session), d->vm_id, d->result->timing.admission_ms,
+           d->result->timing.setup_ms, d->result->timing.boot_ms);
+    g_task_return_pointer(task, session, g_object_unref);
+}
+
+void
+sbx_manager_create_session_async(SbxManager *self, const SbxRunSpec *spec, guint idle_timeout_s,
+                                 GCancellable *cancellable, GAsyncReadyCallback callback,
+                                 gpointer user_data)
+{
+    GTask *task = g_task_new(self, cancellable, callback, user_data);
+    GError *error = NULL;
+    g_task_set_source_tag(task, sbx_manager_create_session_async);
+
+    if (!sbx_run_spec_validate(spec, self->cfg, FALSE, &error) ||
+        !check_accepting(self, &error)) {
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    RunData *d = run_data_new(self, RUN_KIND_SESSION_VM, task, spec, NULL, NULL, cancellable);
+    d->idle_timeout_s = idle_timeout_s ? idle_timeout_s : self->cfg->session_idle_timeout_s;
+    run_admit(d);
+}
+
+SbxSession *
+sbx_manager_create_session_finish(SbxManager *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), NULL);
+    return g_task_propagate_pointer(G_TASK(result), error);
+}
+
+SbxSession *
+sbx_manager_lookup_session(SbxManager *self, const char *id)
+{
+    return g_hash_table_lookup(self->sessions, id);
+}
+
+guint
+sbx_manager_get_n_sessions(SbxManager *self)
+{
+    return g_hash_table_size(self->sessions);
+}
+
+SbxVm *
+sbx_vm_lease_get_vm(SbxVmLease *lease)
+{
+    return ((RunData *)lease)->vm;
+}
+
+const SbxTimings *
+sbx_vm_lease_get_timings(SbxVmLease *lease)
+{
+    return &((RunData *)lease)->result->timing;
+}
+
+void
+sbx_manager_lease_exec_async(SbxManager *self, SbxVmLease *lease, const SbxRunSpec *spec,
+                             GOutputStream *out, GOutputStream *err, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data)
+{
+    GTask *task = g_task_new(self, cancellable, callback, user_data);
+    GError *error = NULL;
+    RunData *vmd = (RunData *)lease;
+    g_task_set_source_tag(task, sbx_manager_lease_exec_async);
+
+    if (!sbx_run_spec_validate(spec, self->cfg, TRUE, &error)) {
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    if (vmd->vm == NULL || sbx_vm_get_state(vmd->vm) != SBX_VM_STATE_READY) {
+        g_task_return_new_error(task, SBX_ERROR, SBX_ERROR_SESSION_CLOSED,
+                                "the session's VM is no longer running");
+        g_object_unref(task);
+        return;
+    }
+    RunData *d = run_data_new(self, RUN_KIND_SESSION_EXEC, task, spec, out, err, cancellable);
+    d->vm = g_object_ref(vmd->vm);
+    d->vm_id = g_strdup(vmd->vm_id);
+    run_exec(d);
+}
+
+SbxRunResult *
+sbx_manager_lease_exec_finish(SbxManager *self, GAsyncResult *result, gboolean *out_retire,
+                              GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), NULL);
+    SbxRunResult *r = g_task_propagate_pointer(G_TASK(result), error);
+    if (r && out_retire)
+        *out_retire = GPOINTER_TO_INT(g_task_get_task_data(G_TASK(result)));
+    return r;
+}
+
+void
+sbx_manager_lease_release_async(SbxManager *self, SbxVmLease *lease,
+                                GAsyncReadyCallback callback, gpointer user_data)
+{
+    RunData *d = (RunData *)lease;
+    g_return_if_fail(d->kind == RUN_KIND_SESSION_VM && d->task == NULL);
+    d->task = g_task_new(self, NULL, callback, user_data);
+    g_task_set_source_tag(d->task, sbx_manager_lease_release_async);
+    run_teardown(d);
+}
+
+gboolean
+sbx_manager_lease_release_finish(SbxManager *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
+    return g_task_propagate_boolean(G_TASK(result), error);
 }
 
 /* ---- status ------------------------------------------------------------- */
@@ -715,6 +925,8 @@ sbx_manager_get_status(SbxManager *self)
     g_variant_builder_add(&b, "{sv}", "cpu_used_millis", g_variant_new_uint64(st.cpu_in_use_millis));
     g_variant_builder_add(&b, "{sv}", "runs_in_flight",
                           g_variant_new_uint32(g_hash_table_size(self->runs)));
+    g_variant_builder_add(&b, "{sv}", "sessions",
+                          g_variant_new_uint32(g_hash_table_size(self->sessions)));
     g_variant_builder_add(&b, "{sv}", "runs_total", g_variant_new_uint64(self->runs_total));
     g_variant_builder_add(&b, "{sv}", "runs_failed", g_variant_new_uint64(self->runs_failed));
     g_variant_builder_add(&b, "{sv}", "cgroups",
@@ -784,6 +996,14 @@ sbx_manager_shutdown_async(SbxManager *self, GAsyncReadyCallback callback, gpoin
         g_ptr_array_add(cancels, g_object_ref(((RunData *)key)->cancellable));
     for (guint i = 0; i < cancels->len; i++)
         g_cancellable_cancel(g_ptr_array_index(cancels, i));
+    /* open sessions release their VMs (their leases are in self->runs) */
+    g_autoptr(GPtrArray) sessions = g_ptr_array_new_with_free_func(g_object_unref);
+    gpointer value;
+    g_hash_table_iter_init(&it, self->sessions);
+    while (g_hash_table_iter_next(&it, NULL, &value))
+        g_ptr_array_add(sessions, g_object_ref(value));
+    for (guint i = 0; i < sessions->len; i++)
+        sbx_session_close(g_ptr_array_index(sessions, i), SBX_SESSION_CLOSED_SHUTDOWN);
     shutdown_continue(self);
 }
 
@@ -813,6 +1033,7 @@ sbx_manager_finalize(GObject *object)
     g_clear_pointer(&self->probe, sbx_probe_report_free);
     g_clear_pointer(&self->cfg, sbx_config_free);
     g_hash_table_unref(self->runs);
+    g_hash_table_unref(self->sessions);
     g_free(self->cmdline);
     g_free(self->kernel);
     g_free(self->initrd);
@@ -827,6 +1048,7 @@ static void
 sbx_manager_init(SbxManager *self)
 {
     self->runs = g_hash_table_new(g_direct_hash, g_direct_equal);
+    self->sessions = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
     self->cancellable = g_cancellable_new();
     self->accel = SBX_ACCEL_TCG;
 }

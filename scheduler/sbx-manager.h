@@ -14,6 +14,7 @@
 #include "scheduler/sbx-config.h"
 #include "scheduler/sbx-probe.h"
 #include "scheduler/sbx-run.h"
+#include "scheduler/sbx-vm.h"
 
 G_BEGIN_DECLS
 
@@ -52,6 +53,40 @@ void sbx_manager_run_async(SbxManager *self, const SbxRunSpec *spec, GOutputStre
                            GCancellable *cancellable, GAsyncReadyCallback callback,
                            gpointer user_data);
 SbxRunResult *sbx_manager_run_finish(SbxManager *self, GAsyncResult *result, GError **error);
+
+/* ---- sessions (scheduler/sbx-session.h) ----
+ * A session's VM goes through the same admission, work disk, cgroup and boot
+ * path as a run, and is kept until the session releases it. */
+typedef struct _SbxSession SbxSession;
+/* Opaque: a booted VM with its admission reservation, held by one SbxSession. */
+typedef struct _SbxVmLease SbxVmLease;
+
+/* Boot a VM for a session. @spec: language, memory (code ignored);
+ * @idle_timeout_s 0 = [session] idle_timeout_s. */
+void sbx_manager_create_session_async(SbxManager *self, const SbxRunSpec *spec,
+                                      guint idle_timeout_s, GCancellable *cancellable,
+                                      GAsyncReadyCallback callback, gpointer user_data);
+SbxSession *sbx_manager_create_session_finish(SbxManager *self, GAsyncResult *result,
+                                              GError **error);
+/* Borrowed; NULL when no open session has @id. */
+SbxSession *sbx_manager_lookup_session(SbxManager *self, const char *id);
+guint sbx_manager_get_n_sessions(SbxManager *self);
+
+/* For sbx-session.c. The VM (borrowed) and the timings of its start. */
+SbxVm *sbx_vm_lease_get_vm(SbxVmLease *lease);
+const SbxTimings *sbx_vm_lease_get_timings(SbxVmLease *lease);
+/* Exec @spec in the lease's VM with the run path's streamed output; the VM
+ * stays up. *@out_retire: the guest asked for the VM to be retired (exit 137). */
+void sbx_manager_lease_exec_async(SbxManager *self, SbxVmLease *lease, const SbxRunSpec *spec,
+                                  GOutputStream *out, GOutputStream *err,
+                                  GCancellable *cancellable, GAsyncReadyCallback callback,
+                                  gpointer user_data);
+SbxRunResult *sbx_manager_lease_exec_finish(SbxManager *self, GAsyncResult *result,
+                                            gboolean *out_retire, GError **error);
+/* Destroy the VM and release its reservation; @lease is freed. */
+void sbx_manager_lease_release_async(SbxManager *self, SbxVmLease *lease,
+                                     GAsyncReadyCallback callback, gpointer user_data);
+gboolean sbx_manager_lease_release_finish(SbxManager *self, GAsyncResult *result, GError **error);
 
 /* Status() / Doctor() contents. */
 GVariant *sbx_manager_get_status(SbxManager *self);
