@@ -14,6 +14,8 @@
 #include "qmp/qmp-parser.h"
 
 #define MIN_CAPACITY ((gsize)64 * 1024)
+/* After a big message, give the memory back once the buffer is empty. */
+#define SHRINK_CAPACITY ((gsize)1024 * 1024)
 
 struct _QmpParser {
     char *buf;
@@ -166,6 +168,10 @@ qmp_parser_next(QmpParser *self, JsonObject **out_msg, GError **error)
             self->scan = self->len;
             if (self->start == self->len) {
                 self->start = self->len = self->scan = 0; /* empty: no memmove later */
+                if (self->cap > SHRINK_CAPACITY) {
+                    g_clear_pointer(&self->buf, g_free);
+                    self->cap = 0;
+                }
                 return FALSE;
             }
             /* +1: a line of exactly max_line bytes may still be waiting for "\r\n". */
