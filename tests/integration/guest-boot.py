@@ -147,6 +147,62 @@ def mount_of(console, target):
     return None
 
 
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rootfs_contents(image, manifest, dest):
+    """fsck.erofs --extract the root and check its contents: (ok, name, diagnostics)."""
+    name = ("rootfs.erofs extracts cleanly; has python3, Debian node 18, sh, .pyc, user 1000, "
+            "the manifest's agent, no docs")
+    fsck = shutil.which("fsck.erofs")
+    if not fsck:
+        return False, name, "fsck.erofs not installed (erofs-utils)"
+    r = subprocess.run([fsck, "--extract=" + dest, os.path.join(image, "rootfs.erofs")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return False, name, "fsck.erofs failed: %s%s" % (r.stdout, r.stderr)
+    problems = []
+
+    def has(rel):
+        return os.path.lexists(os.path.join(dest, rel))
+    for rel in ("usr/bin/python3", "usr/bin/node", "bin/sh", "home/user", "tmp", "run",
+                "usr/lib/python3.11/__pycache__/os.cpython-311.pyc"):
+        if not has(rel):
+            problems.append("missing /" + rel)
+    for rel in ("usr/share/doc", "usr/share/man"):
+        if has(rel):
+            problems.append("/%s not stripped" % rel)
+    with open(os.path.join(dest, "etc/passwd")) as f:
+        if not any(l.startswith("user:x:1000:1000:") and l.rstrip().split(":")[5] == "/home/user"
+                   for l in f):
+            problems.append("/etc/passwd has no user 1000 with home /home/user")
+    with open(os.path.join(dest, "etc/group")) as f:
+        if not any(l.startswith("user:x:1000:") for l in f):
+            problems.append("/etc/group has no group 1000")
+    agent = os.path.join(dest, "usr/libexec/sbx-agent")
+    if manifest.get("agent_sha256"):
+        if not os.path.isfile(agent) or sha256_file(agent) != manifest["agent_sha256"]:
+            problems.append("/usr/libexec/sbx-agent differs from manifest agent_sha256")
+    elif os.path.lexists(agent):
+        problems.append("agent present but manifest says none")
+    try:
+        with open(os.path.join(image, "packages.txt")) as f:
+            pk = dict(l.strip().split("=", 1) for l in f if "=" in l)
+        if not pk.get("nodejs", "").startswith("18.") or "nodesource" in pk.get("nodejs", ""):
+            problems.append("nodejs is %r, not Debian's 18.x" % pk.get("nodejs"))
+        for p in ("python3", "libglib2.0-0", "libjson-glib-1.0-0"):
+            if p not in pk:
+                problems.append("package %s missing" % p)
+    except OSError as e:
+        problems.append("packages.txt: %s" % e)
+    return not problems, name, "\n".join(problems)
+
+
 def main():
     image = os.environ.get("SBX_GUEST_DIR") or os.path.join(
         os.environ.get("top_builddir", "."), "guest/image/current")
@@ -160,29 +216,29 @@ def main():
     with open(os.path.join(image, "manifest.json")) as f:
         manifest = json.load(f)
 
-    print("1..8")
+    print("1..9")
 
     # 1. the image matches its manifest
     bad = []
     for name, info in sorted(manifest["files"].items()):
         p = os.path.join(image, name)
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        if os.path.getsize(p) != info["size"] or h.hexdigest() != info["sha256"]:
+        if os.path.getsize(p) != info["size"] or sha256_file(p) != info["sha256"]:
             bad.append(name)
     want = {"vmlinux", "initramfs.cpio", "rootfs.erofs", "work-seed.ext4", "cmdline"}
     check(not bad and want <= set(manifest["files"]) and manifest["format"] == 1,
           "image files match manifest.json", "bad: %s, files: %s" % (bad, list(manifest["files"])))
 
     with tempfile.TemporaryDirectory(prefix="sbx-guest-boot.") as tmp:
+        # 2. the root filesystem decompresses cleanly and holds what the contract lists
+        check(*rootfs_contents(image, manifest, os.path.join(tmp, "rootfs")))
+        shutil.rmtree(os.path.join(tmp, "rootfs"), ignore_errors=True)
+
         work = os.path.join(tmp, "work.qcow2")
         subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-b",
                         os.path.abspath(os.path.join(image, "work-seed.ext4")), "-F", "raw", work],
                        check=True)
 
-        # 2-4. root + work disk, debug output, agent path that does not exist
+        # 3-5. root + work disk, debug output, agent path that does not exist
         b = Boot(image, "sbx.debug sbx.agent=/nonexistent-agent", work=work)
         root = mount_of(b.console, "/")
         home = mount_of(b.console, "/home/user")
@@ -207,15 +263,14 @@ def main():
               and any("no agent: /nonexistent-agent" in l for l in lines(b.console, "sbx-init:")),
               "missing agent: init reports it and powers off (QEMU exits 0)", b.log())
 
-        # 5. no work disk: /home/user is a tmpfs owned by the user
+        # 6. no work disk: /home/user is a tmpfs owned by the user
         b = Boot(image, "sbx.debug sbx.agent=/nonexistent-agent")
         home = mount_of(b.console, "/home/user")
         check(home is not None and home[2] == "tmpfs" and "uid=1000" in home[3]
               and "gid=1000" in home[3] and b.rc == 0 and not b.timed_out,
               "without a work disk /home/user is a tmpfs owned by uid 1000", b.log())
 
-        # 6. the work disk keeps what was written through the overlay: the seed's root is
-        #    owned by 1000 (checked on the host side with debugfs, no guest help needed)
+        # 7. the work seed's root is owned by 1000 (checked on the host side with debugfs)
         debugfs = shutil.which("debugfs") or "/sbin/debugfs"
         st = subprocess.run([debugfs, "-R", "stat /", os.path.join(image, "work-seed.ext4")],
                             capture_output=True, text=True)
@@ -224,13 +279,13 @@ def main():
               "work-seed.ext4 root directory is 0755 and owned by 1000:1000",
               st.stdout + st.stderr)
 
-        # 7. no root disk: init fails clearly and powers off (never hangs)
+        # 8. no root disk: init fails clearly and powers off (never hangs)
         b = Boot(image, "", root=False)
         check(not b.timed_out and b.rc == 0
               and any('fatal: no disk with serial "sbx-root"' in l for l in lines(b.console, "sbx-init:")),
               "without a root disk init reports it and powers off", b.log())
 
-        # 8. the image as built: the agent's first bytes arrive on the port, or (image
+        # 9. the image as built: the agent's first bytes arrive on the port, or (image
         #    without an agent) init reports the missing /usr/libexec/sbx-agent
         if manifest.get("agent_sha256"):
             b = Boot(image, "", work=work, wait_frame=True)
