@@ -365,6 +365,8 @@ handle_hello(SbxGuest *self, SbxFrame *f)
                                            self->protocol, SBX_PROTOCOL_VERSION));
         return;
     }
+    if (self->hello)
+        return; /* the agent's own greeting and the answer to ours */
     self->hello = TRUE;
     while (self->hello_waiters)
         hello_waiter_finish(self, self->hello_waiters->data, NULL);
@@ -728,6 +730,9 @@ sbx_guest_new(int fd)
         return self;
     }
     self->in_watch = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_readable, self);
+    /* Greet first: the agent answers with its hello even when it did not see
+     * this connection come up (see docs/guest-protocol.md, Connection). */
+    send_frame(self, sbx_frame_header_new("hello", 0), NULL, 0);
     return self;
 }
 

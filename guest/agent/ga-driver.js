@@ -8,11 +8,17 @@
 (function () {
   const fs = require('fs');
   const vm = require('vm');
-  // Reopen the control pipes close-on-exec so the user's child processes do not inherit them.
-  const RFD = fs.openSync('/proc/self/fd/3', fs.constants.O_RDONLY);
-  const WFD = fs.openSync('/proc/self/fd/4', fs.constants.O_WRONLY);
-  fs.closeSync(3);
-  fs.closeSync(4);
+  // Reopen the control pipes close-on-exec so the user's child processes do
+  // not inherit them (node has no fcntl); keep the inherited fds if we cannot.
+  let RFD = 3, WFD = 4;
+  try {
+    const r = fs.openSync('/proc/self/fd/3', fs.constants.O_RDONLY);
+    const w = fs.openSync('/proc/self/fd/4', fs.constants.O_WRONLY);
+    fs.closeSync(3);
+    fs.closeSync(4);
+    RFD = r;
+    WFD = w;
+  } catch (_) { /* inherited fds stay usable */ }
   globalThis.require = require;
   class SbxExit { constructor(code) { this.code = code; } }
   process.exit = function (code) {

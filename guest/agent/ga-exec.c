@@ -100,6 +100,9 @@ child_setup(gpointer data)
     r.rlim_cur = r.rlim_max = USER_FSIZE;
     (void)setrlimit(RLIMIT_FSIZE, &r);
     if (!a->no_setuid) {
+        /* Let the user's driver reopen its control pipes close-on-exec via /proc. */
+        (void)fchown(3, a->uid, a->gid);
+        (void)fchown(4, a->uid, a->gid);
         /* RLIMIT_NPROC counts per uid: only meaningful for the dedicated user. */
         r.rlim_cur = r.rlim_max = USER_NPROC;
         (void)setrlimit(RLIMIT_NPROC, &r);

@@ -201,7 +201,13 @@ dispatch(GaAgent *a, SbxFrame *frame)
 {
     const char *t = frame->type;
 
-    if (g_str_equal(t, "ping")) {
+    if (g_str_equal(t, "hello")) {
+        /* The host (re)connected. A quick disconnect + reconnect can happen
+         * between two polls of the port, so the host greets first and the
+         * agent answers; transfers of an earlier connection are dropped. */
+        ga_files_reset(a->files);
+        send_hello(a);
+    } else if (g_str_equal(t, "ping")) {
         JsonObject *h = sbx_frame_header_new("pong", frame->id);
         json_object_set_string_member(h, "agent_version", PACKAGE_VERSION);
         ga_send(a, h, NULL, 0);

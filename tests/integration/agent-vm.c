@@ -14,9 +14,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <gio/gio.h>
+#include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
 
 #include "common/sbx-spawn.h"
@@ -100,6 +102,120 @@ host_tsc_khz(void)
     return 0;
 }
 
+static SbxChild *
+spawn_vm(const char *qemu, const char *dir, const char *cmdline, const char *chardev, int fd,
+         GError **error)
+{
+    g_autoptr(SbxSpawnSpec) spec = sbx_spawn_spec_new();
+
+    sbx_spawn_spec_add_args(spec, qemu, "-M", "microvm", "-accel", "tcg", "-m", "512", "-smp", "1",
+                            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                            "-global", "virtio-mmio.force-legacy=false", NULL);
+    sbx_spawn_spec_add_arg(spec, "-kernel");
+    sbx_spawn_spec_add_argf(spec, "%s/vmlinux", dir);
+    sbx_spawn_spec_add_arg(spec, "-initrd");
+    sbx_spawn_spec_add_argf(spec, "%s/initramfs.cpio", dir);
+    sbx_spawn_spec_add_arg(spec, "-append");
+    sbx_spawn_spec_add_argf(spec, "%s tsc_early_khz=%u", cmdline, host_tsc_khz());
+    sbx_spawn_spec_add_args(spec, "-serial", "stdio", "-drive", NULL);
+    sbx_spawn_spec_add_argf(spec, "file=%s/rootfs.erofs,format=raw,if=none,id=root,readonly=on", dir);
+    sbx_spawn_spec_add_args(spec, "-device", "virtio-blk-device,drive=root,serial=sbx-root",
+                            "-device", "virtio-serial-device", "-chardev", chardev,
+                            "-device", "virtserialport,chardev=agent,name=org.schedulerd.agent.0", NULL);
+    if (fd >= 0)
+        sbx_spawn_spec_take_fd(spec, fd, 3);
+    return sbx_child_spawn(spec, error);
+}
+
+static void
+stop_vm(SbxChild *child)
+{
+    GAsyncResult *r = NULL;
+    sbx_child_kill(child, SIGKILL);
+    sbx_child_wait_async(child, NULL, on_done, &r);
+    sbx_child_wait_finish(child, wait_result(&r), NULL);
+    g_object_unref(r);
+}
+
+/* Connect to QEMU's listening chardev socket (test only: a short blocking retry). */
+static SbxGuest *
+connect_guest(const char *path)
+{
+    for (int i = 0; i < 500; i++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        g_strlcpy(sa.sun_path, path, sizeof sa.sun_path);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+            return sbx_guest_new(fd);
+        close(fd);
+        g_usleep(20 * 1000);
+    }
+    return NULL;
+}
+
+static gboolean
+wait_hello(SbxGuest *g, GError **error)
+{
+    GAsyncResult *r = NULL;
+    gboolean ok;
+    sbx_guest_wait_hello_async(g, 180000, NULL, on_done, &r);
+    ok = sbx_guest_wait_hello_finish(g, wait_result(&r), error);
+    g_object_unref(r);
+    return ok;
+}
+
+/* The host disconnects and reconnects (QEMU chardev in server mode): the agent
+ * sees POLLHUP on the port, waits without spinning, greets the new peer, and
+ * its REPLs survive. Also covers a host that connects before the guest opened
+ * the port. */
+static void
+test_reconnect(const char *qemu, const char *dir, const char *cmdline)
+{
+    g_autofree char *tmp = g_dir_make_tmp("sbx-agent-vm-XXXXXX", NULL);
+    g_autofree char *sock = g_build_filename(tmp, "agent.sock", NULL);
+    g_autofree char *chardev = g_strdup_printf("socket,id=agent,path=%s,server=on,wait=off", sock);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(SbxChild) child = spawn_vm(qemu, dir, cmdline, chardev, -1, &error);
+    SbxGuestExecResult res;
+
+    if (!child) {
+        OK(FALSE, "qemu with a listening agent socket starts: %s", error->message);
+        return;
+    }
+    {
+        g_autoptr(SbxGuest) g = connect_guest(sock);
+        gboolean ok = g && wait_hello(g, &error);
+        OK(ok, "hello to a host that connected before the guest opened its port (%s)",
+           ok ? "ok" : error ? error->message : "no connection");
+        if (!ok) {
+            g_autofree char *console = sbx_child_dup_console_tail(child, 20);
+            g_auto(GStrv) lines = g_strsplit(console ? console : "", "\n", -1);
+            for (char **l = lines; *l; l++)
+                printf("# console: %s\n", *l);
+        }
+        if (ok) {
+            g_free(exec(g, SBX_LANGUAGE_PYTHON, "survivor = 'still here'", 60, &res));
+            OK(res.exit_code == 0, "exec on the first connection");
+        }
+        if (g)
+            sbx_guest_close(g);
+    }
+    {
+        g_autoptr(SbxGuest) g = connect_guest(sock);
+        gboolean ok = g && wait_hello(g, &error);
+        OK(ok, "the agent greets the host again after a reconnect (%s)", ok ? "ok" : error ? error->message : "no connection");
+        if (ok) {
+            g_autofree char *o = exec(g, SBX_LANGUAGE_PYTHON, "print(survivor)", 60, &res);
+            OK(res.exit_code == 0 && g_str_equal(o, "still here\n"), "the python REPL survived the reconnect (\"%s\")", o);
+        }
+        if (g)
+            sbx_guest_close(g);
+    }
+    stop_vm(child);
+    (void)g_unlink(sock);
+    (void)g_rmdir(tmp);
+}
+
 static void
 skip(const char *why)
 {
@@ -114,7 +230,6 @@ main(void)
     g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
     g_autofree char *cmdline = NULL, *manifest = NULL;
     g_autoptr(GError) error = NULL;
-    g_autoptr(SbxSpawnSpec) spec = NULL;
     g_autoptr(SbxChild) child = NULL;
     g_autoptr(SbxGuest) g = NULL;
     SbxGuestExecResult res;
@@ -146,25 +261,8 @@ main(void)
         return 99;
     }
 
-    spec = sbx_spawn_spec_new();
-    sbx_spawn_spec_add_args(spec, qemu, "-M", "microvm", "-accel", "tcg", "-m", "512", "-smp", "1",
-                            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-                            "-global", "virtio-mmio.force-legacy=false", NULL);
-    sbx_spawn_spec_add_arg(spec, "-kernel");
-    sbx_spawn_spec_add_argf(spec, "%s/vmlinux", dir);
-    sbx_spawn_spec_add_arg(spec, "-initrd");
-    sbx_spawn_spec_add_argf(spec, "%s/initramfs.cpio", dir);
-    sbx_spawn_spec_add_arg(spec, "-append");
-    sbx_spawn_spec_add_argf(spec, "%s tsc_early_khz=%u", cmdline, host_tsc_khz());
-    sbx_spawn_spec_add_args(spec, "-serial", "stdio", "-drive", NULL);
-    sbx_spawn_spec_add_argf(spec, "file=%s/rootfs.erofs,format=raw,if=none,id=root,readonly=on", dir);
-    sbx_spawn_spec_add_args(spec, "-device", "virtio-blk-device,drive=root,serial=sbx-root",
-                            "-device", "virtio-serial-device",
-                            "-chardev", "socket,id=agent,fd=3",
-                            "-device", "virtserialport,chardev=agent,name=org.schedulerd.agent.0", NULL);
-    sbx_spawn_spec_take_fd(spec, sv[1], 3);
     t0 = g_get_monotonic_time();
-    child = sbx_child_spawn(spec, &error);
+    child = spawn_vm(qemu, dir, cmdline, "socket,id=agent,fd=3", sv[1], &error);
     if (!child) {
         printf("not ok 1 - qemu starts: %s\n1..1\n", error->message);
         close(sv[0]);
@@ -270,10 +368,8 @@ main(void)
 
 out:
     sbx_guest_close(g);
-    sbx_child_kill(child, SIGKILL);
-    sbx_child_wait_async(child, NULL, on_done, &r);
-    sbx_child_wait_finish(child, wait_result(&r), NULL);
-    g_clear_object(&r);
+    stop_vm(child);
+    test_reconnect(qemu, dir, cmdline);
     printf("1..%d\n", test_no);
     return failures ? 1 : 0;
 }
