@@ -9,9 +9,10 @@
 #   ${SBX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/schedulerd}/guest-image/
 # with one directory per stage, named by a content hash of that stage's inputs:
 #   debs/            downloaded .deb files (named by package and version)
-#   kernel/<hash>    vmlinux + the initramfs modules  (build script, kernel package version)
-#   tree/<hash>      the unpacked root tree           (build script, package list, versions)
-#   image/<hash>     the final files                  (the two above + init/agent binaries)
+#   kernel/<hash>    vmlinux + the initramfs modules  (script, kernel package version, modules)
+#   tree/<hash>      the unpacked root tree           (script, package list, resolved versions)
+#   image/<hash>     the final files                  (script, the two above, init/agent sha256)
+# where "script" is the common part of this file plus the stage's own section.
 # Each entry is built in a temporary directory and renamed into place, so an interrupted
 # build leaves no half entry. A run with nothing changed only resolves versions, hashes
 # and verifies (seconds). The --out symlink is replaced atomically.
@@ -67,7 +68,11 @@ rm -rf "${cache:?}"/tmp/* 2>/dev/null || true
 work=$(mktemp -d "$cache/tmp/run.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-script_hash=$(cat "$here/build.sh" "$here/packages.list" | hash_stdin)
+# Each stage's key covers the script text that shapes its output: the common part (up to
+# stage 1) plus that stage's own section, so editing one stage does not rebuild the others.
+section() { # n: 0 = common, 1..3 = stage n
+    awk -v n="$1" '/^# --- stage [0-9]:/ { cur = substr($4, 1, 1) + 0 } (cur + 0) == n' "$here/build.sh"
+}
 
 # --- resolve versions -------------------------------------------------------------------
 # The system's apt configuration and lists; only apt's binary package cache is kept in our
@@ -150,7 +155,7 @@ modules=(virtio_mmio virtio_blk virtio_console virtio_rng erofs virtio_net)
 # crc32c-intel comes in as libcrc32c's softdep; under TCG (no SSE4.2) it fails with ENODEV
 # after ~40 ms, and the generic crc32c is built in.
 modules_skip=" crc32c-intel.ko crc32c_intel.ko "
-kkey=$( { echo "$script_hash"; echo "$kpkg=$kver"; echo "${modules[*]}"; } | hash_stdin)
+kkey=$( { section 0; section 1; echo "$kpkg=$kver"; echo "${modules[*]}"; } | hash_stdin)
 kdir=$cache/kernel/$kkey
 if [ ! -f "$kdir/vmlinux" ]; then
     t=$(now)
@@ -191,7 +196,7 @@ if [ ! -f "$kdir/vmlinux" ]; then
 fi
 
 # --- stage 2: the unpacked root tree -------------------------------------------------------
-tkey=$( { echo "$script_hash"; cat "$work/pkgvers"; } | hash_stdin)
+tkey=$( { section 0; section 2; cat "$here/packages.list" "$work/pkgvers"; } | hash_stdin)
 tdir=$cache/tree/$tkey
 if [ ! -f "$tdir/packages" ]; then
     t=$(now)
@@ -247,7 +252,7 @@ seed_mb=${SBX_WORK_SEED_MB:-64}
 init_sha=$(sha256sum < "$init_bin" | cut -d' ' -f1)
 agent_sha=none
 [ -z "$agent_bin" ] || agent_sha=$(sha256sum < "$agent_bin" | cut -d' ' -f1)
-ikey=$( { echo "$script_hash"; echo "$kkey $tkey"; echo "init $init_sha"; echo "agent $agent_sha";
+ikey=$( { section 0; section 3; echo "$kkey $tkey"; echo "init $init_sha"; echo "agent $agent_sha";
           echo "$cmdline"; echo "seed $seed_mb"; } | hash_stdin)
 idir=$cache/image/$ikey
 files=(vmlinux initramfs.cpio rootfs.erofs work-seed.ext4 cmdline)
@@ -296,7 +301,7 @@ else
     rm -f "$rs"/etc/{passwd,group,shadow,hosts,hostname,nsswitch.conf,resolv.conf}
     printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'user:x:1000:1000:sandbox user:/home/user:/bin/sh' \
         'nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin' > "$rs/etc/passwd"
-    printf '%s\n' 'root:x:0:' 'user:x:1000:' 'nogroup:x:65534:' > "$rs/etc/group"
+    printf '%s\n' 'root:x:0:' 'tty:x:5:' 'user:x:1000:' 'nogroup:x:65534:' > "$rs/etc/group"
     printf '%s\n' 'root:*:19000:0:99999:7:::' 'user:*:19000:0:99999:7:::' 'nobody:*:19000:0:99999:7:::' > "$rs/etc/shadow"
     chmod 0640 "$rs/etc/shadow"
     printf '%s\n' '127.0.0.1 localhost sandbox' '::1 localhost ip6-localhost ip6-loopback' > "$rs/etc/hosts"

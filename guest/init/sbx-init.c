@@ -20,6 +20,8 @@
  *   sbx.agent=PATH      exec PATH instead of /usr/libexec/sbx-agent
  *   sbx.tmp_size=SIZE   size of the /tmp tmpfs (tmpfs syntax, default 25%)
  *   sbx.home_size=SIZE  size of the /home/user tmpfs when there is no work disk (default 25%)
+ *   sbx.net=ADDR/PREFIX,GW[,DNS]  static IPv4 on the NIC, default route, /run/resolv.conf
+ *                       (set by the host for networked VMs, see docs/networking.md)
  *
  * Built with `gcc -static -Os` and none of the project's GLib flags (guest/Makefile.inc).
  */
@@ -29,7 +31,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -289,7 +294,6 @@ mount_newroot(const char *root_dev, const char *work_dev)
     snprintf(opts, sizeof opts, "mode=1777,size=%s", size);
     mount_or_die("tmpfs", SBX_NEWROOT "/tmp", "tmpfs", nsd, opts);
     mount_or_die("tmpfs", SBX_NEWROOT "/run", "tmpfs", nsd | MS_NOEXEC, "mode=0755,size=16m");
-
 }
 
 static void
@@ -319,6 +323,92 @@ loopback_up(void)
             say("lo up: %s", strerror(errno));
     }
     close(s);
+}
+
+/* sbx.net=ADDR/PREFIX,GATEWAY[,DNS]: static IPv4 on the first non-lo interface (the host's
+ * user-mode network helper answers ARP for everything; no DHCP round trip), a default route
+ * and /run/resolv.conf (/etc/resolv.conf links there). The host asked for a network: a
+ * failure is fatal rather than a VM that silently has none. */
+static void
+network_up(void)
+{
+    char spec[128], ifname[IFNAMSIZ] = "", *gw, *dns, *slash;
+    struct ifreq ifr;
+    struct rtentry rt;
+    struct sockaddr_in *sin;
+    struct in_addr addr, gwa, dnsa;
+    unsigned long prefix;
+    int s, i;
+
+    if (!cmdline_get("sbx.net", spec, sizeof spec) || !spec[0])
+        return;
+    gw = strchr(spec, ',');
+    if (gw)
+        *gw++ = '\0';
+    dns = gw ? strchr(gw, ',') : NULL;
+    if (dns)
+        *dns++ = '\0';
+    slash = strchr(spec, '/');
+    if (slash)
+        *slash++ = '\0';
+    prefix = slash ? strtoul(slash, NULL, 10) : 24;
+    if (!gw || inet_pton(AF_INET, spec, &addr) != 1 || inet_pton(AF_INET, gw, &gwa) != 1 ||
+        prefix < 1 || prefix > 30 || (dns && inet_pton(AF_INET, dns, &dnsa) != 1))
+        fatal("sbx.net: expected ADDR/PREFIX,GATEWAY[,DNS]");
+    /* virtio_net probed when its module loaded; the device node may trail by a moment */
+    for (i = 0; i < SBX_DEV_WAIT_STEPS && !ifname[0]; i++) {
+        DIR *d = opendir("/sys/class/net");
+        struct dirent *de;
+
+        while (d && (de = readdir(d)) != NULL)
+            if (de->d_name[0] != '.' && strcmp(de->d_name, "lo") != 0 &&
+                strlen(de->d_name) < sizeof ifname)
+                snprintf(ifname, sizeof ifname, "%s", de->d_name);
+        if (d)
+            closedir(d);
+        if (!ifname[0])
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    if (!ifname[0])
+        fatal("sbx.net: no network interface (is virtio_net in the initramfs?)");
+    s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        fatal("sbx.net: socket: %s", strerror(errno));
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    sin->sin_addr = addr;
+    if (ioctl(s, SIOCSIFADDR, &ifr) != 0)
+        fatal("sbx.net: %s address: %s", ifname, strerror(errno));
+    sin->sin_addr.s_addr = htonl(0xffffffffUL << (32 - prefix));
+    if (ioctl(s, SIOCSIFNETMASK, &ifr) != 0)
+        fatal("sbx.net: %s netmask: %s", ifname, strerror(errno));
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0)
+        fatal("sbx.net: %s flags: %s", ifname, strerror(errno));
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0)
+        fatal("sbx.net: %s up: %s", ifname, strerror(errno));
+    memset(&rt, 0, sizeof rt);
+    ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+    ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+    sin = (struct sockaddr_in *)&rt.rt_gateway;
+    sin->sin_family = AF_INET;
+    sin->sin_addr = gwa;
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    if (ioctl(s, SIOCADDRT, &rt) != 0)
+        fatal("sbx.net: default route via %s: %s", gw, strerror(errno));
+    close(s);
+    if (dns) {
+        char line[64];
+        int fd = open("/run/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        int n = snprintf(line, sizeof line, "nameserver %s\noptions attempts:1 timeout:2\n", dns);
+
+        if (fd < 0 || write(fd, line, (size_t)n) != n)
+            fatal("sbx.net: /run/resolv.conf: %s", strerror(errno));
+        close(fd);
+    }
+    dbg("network: %s %s/%lu via %s dns %s", ifname, spec, prefix, gw, dns ? dns : "(none)");
 }
 
 static const struct {
@@ -413,6 +503,7 @@ main(void)
     if (sethostname("sandbox", strlen("sandbox")) != 0)
         say("sethostname: %s", strerror(errno));
     loopback_up();
+    network_up();
     apply_sysctls();
     if (debug)
         debug_report();
