@@ -78,9 +78,12 @@ struct _GaExec {
     GaAgent *a;
     GaProc *repl[SBX_N_LANGUAGES];
     GaRun *run;
+    SbxFrame *queued;  /* exec that arrived while the run was being killed */
+    guint queued_idle;
 };
 
 static void proc_free(GaProc *p);
+static gboolean start_queued(gpointer data);
 static void run_finish(GaExec *e, int exit_code, guint64 user_us, guint64 sys_us, gint64 maxrss_kb);
 
 /* ---- child setup (runs in the forked child, async-signal-safe only) ------ */
@@ -580,6 +583,8 @@ run_finish(GaExec *e, int exit_code, guint64 user_us, guint64 sys_us, gint64 max
     ga_send(e->a, h, NULL, 0);
     e->run = NULL;
     run_free(r);
+    if (e->queued && !e->queued_idle)
+        e->queued_idle = g_idle_add(start_queued, e);
 }
 
 static gboolean
@@ -696,6 +701,15 @@ ga_exec_handle(GaExec *e, SbxFrame *frame)
         ga_send_gerror(a, frame->id, error);
         return;
     }
+    if (e->run && (e->run->timed_out || e->run->cancelled) && !e->queued) {
+        /* The previous exec is being killed: start this one when it is reaped. */
+        e->queued = g_new0(SbxFrame, 1);
+        e->queued->header = json_object_ref(frame->header);
+        e->queued->type = frame->type;
+        e->queued->id = frame->id;
+        e->queued->payload = g_bytes_ref(frame->payload);
+        return;
+    }
     if (e->run) {
         ga_send_error(a, frame->id, GA_ERR_BUSY,
                       "another exec (id %" G_GINT64_FORMAT ") is still running", e->run->id);
@@ -751,6 +765,18 @@ ga_exec_handle(GaExec *e, SbxFrame *frame)
     }
 }
 
+static gboolean
+start_queued(gpointer data)
+{
+    GaExec *e = data;
+    g_autoptr(SbxFrame) frame = g_steal_pointer(&e->queued);
+
+    e->queued_idle = 0;
+    if (frame)
+        ga_exec_handle(e, frame);
+    return G_SOURCE_REMOVE;
+}
+
 void
 ga_exec_warm(GaExec *e, SbxFrame *frame)
 {
@@ -786,6 +812,10 @@ ga_exec_warm(GaExec *e, SbxFrame *frame)
 void
 ga_exec_cancel(GaExec *e, gint64 target)
 {
+    if (e->queued && e->queued->id == target) {
+        g_clear_pointer(&e->queued, sbx_frame_free);
+        return;
+    }
     if (e->run && e->run->id == target && !e->run->cancelled) {
         e->run->cancelled = TRUE;
         run_stop(e, TRUE);
@@ -805,6 +835,8 @@ ga_exec_free(GaExec *e)
 {
     if (!e)
         return;
+    g_clear_handle_id(&e->queued_idle, g_source_remove);
+    g_clear_pointer(&e->queued, sbx_frame_free);
     if (e->run) {
         GaProc *p = e->run->proc;
         run_free(e->run);
