@@ -50,12 +50,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SBX_AGENT_PATH "/usr/libexec/sbx-agent"
+#define SBX_AGENT_PATH  "/usr/libexec/sbx-agent"
 #define SBX_ROOT_SERIAL "sbx-root"
 #define SBX_WORK_SERIAL "sbx-work"
-#define SBX_NEWROOT "/newroot"
-#define SBX_USER_UID 1000
-#define SBX_USER_GID 1000
+#define SBX_NEWROOT     "/newroot"
+#define SBX_USER_UID    1000
+#define SBX_USER_GID    1000
 /* Bounded wait for the root disk to show up: 1 ms steps, 5 s at most. */
 #define SBX_DEV_WAIT_STEPS 5000
 
