@@ -341,7 +341,8 @@ route_event(QmpClient *self, JsonObject *msg)
 
     if (data == NULL)
         data = empty = json_object_new();
-    g_debug("<- event %s", name);
+    if (debug_enabled())
+        g_debug("<- event %s", name);
     g_signal_emit(self, signals[SIGNAL_EVENT], detail, name, data, qmp_message_get_timestamp(msg));
 }
 
@@ -355,8 +356,9 @@ route_reply(QmpClient *self, JsonObject *msg, QmpMessageKind kind, guint64 id)
                                            "QMP reply with unknown id %" G_GUINT64_FORMAT, id));
         return;
     }
-    g_debug("<- %s %s (id %" G_GUINT64_FORMAT "%s)", p->command,
-            kind == QMP_MESSAGE_RETURN ? "return" : "error", id, p->task ? "" : ", late: dropped");
+    if (debug_enabled())
+        g_debug("<- %s %s (id %" G_GUINT64_FORMAT "%s)", p->command,
+                kind == QMP_MESSAGE_RETURN ? "return" : "error", id, p->task ? "" : ", late: dropped");
     if (p->task) {
         GTask *task = g_steal_pointer(&p->task);
         source_clear(&p->timeout_source);
