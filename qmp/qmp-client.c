@@ -14,7 +14,7 @@
 #include "qmp/qmp-client.h"
 #include "qmp/qmp-parser.h"
 
-#define READ_CHUNK ((gsize)64 * 1024)
+#define READ_CHUNK       ((gsize)64 * 1024)
 #define READS_PER_WAKEUP 8
 
 typedef struct {
@@ -41,9 +41,9 @@ struct _QmpClient {
     GSource *out_source;
     QmpParser *parser;
 
-    GString *out;      /* bytes waiting to be sent */
-    gsize out_pos;     /* bytes of @out already sent */
-    GQueue out_fds;    /* FdMark, ordered by pos */
+    GString *out;   /* bytes waiting to be sent */
+    gsize out_pos;  /* bytes of @out already sent */
+    GQueue out_fds; /* FdMark, ordered by pos */
     JsonGenerator *generator;
 
     GHashTable *pending; /* guint64 id -> Pending */
@@ -119,8 +119,8 @@ pending_timeout_cb(gpointer data)
 {
     Pending *p = data;
     g_debug("%s (id %" G_GUINT64_FORMAT ") timed out", p->command, p->id);
-    pending_abandon(p, g_error_new(QMP_ERROR, QMP_ERROR_TIMEOUT, "%s: no reply from QEMU in time",
-                                   p->command));
+    pending_abandon(
+        p, g_error_new(QMP_ERROR, QMP_ERROR_TIMEOUT, "%s: no reply from QEMU in time", p->command));
     return G_SOURCE_REMOVE;
 }
 
@@ -206,7 +206,8 @@ flush_output(QmpClient *self, gboolean from_source)
         return TRUE;
     }
     if (self->out_source == NULL) {
-        self->out_source = g_socket_create_source(self->socket, G_IO_OUT | G_IO_ERR | G_IO_HUP, NULL);
+        self->out_source =
+            g_socket_create_source(self->socket, G_IO_OUT | G_IO_ERR | G_IO_HUP, NULL);
         attach(self, self->out_source, (GSourceFunc)(void (*)(void))out_ready_cb, self);
     }
     return TRUE;
@@ -358,7 +359,8 @@ route_reply(QmpClient *self, JsonObject *msg, QmpMessageKind kind, guint64 id)
     }
     if (debug_enabled())
         g_debug("<- %s %s (id %" G_GUINT64_FORMAT "%s)", p->command,
-                kind == QMP_MESSAGE_RETURN ? "return" : "error", id, p->task ? "" : ", late: dropped");
+                kind == QMP_MESSAGE_RETURN ? "return" : "error", id,
+                p->task ? "" : ", late: dropped");
     if (p->task) {
         GTask *task = g_steal_pointer(&p->task);
         source_clear(&p->timeout_source);
@@ -367,8 +369,8 @@ route_reply(QmpClient *self, JsonObject *msg, QmpMessageKind kind, guint64 id)
             g_task_return_pointer(task, json_object_dup_member(msg, "return"),
                                   (GDestroyNotify)json_node_unref);
         else
-            g_task_return_error(task, qmp_error_new_from_reply(qmp_json_peek_object(msg, "error"),
-                                                               p->command));
+            g_task_return_error(
+                task, qmp_error_new_from_reply(qmp_json_peek_object(msg, "error"), p->command));
         g_object_unref(task);
     }
     pending_free(p);
@@ -378,8 +380,8 @@ static void
 negotiated(QmpClient *self, JsonObject *msg, QmpMessageKind kind)
 {
     if (kind == QMP_MESSAGE_ERROR) {
-        close_with_error(self, qmp_error_new_from_reply(qmp_json_peek_object(msg, "error"),
-                                                        "qmp_capabilities"));
+        close_with_error(
+            self, qmp_error_new_from_reply(qmp_json_peek_object(msg, "error"), "qmp_capabilities"));
         return;
     }
     self->state = QMP_CLIENT_STATE_RUNNING;
@@ -408,8 +410,8 @@ route_message(QmpClient *self, JsonObject *msg)
     switch (self->state) {
     case QMP_CLIENT_STATE_GREETING:
         if (kind != QMP_MESSAGE_GREETING) {
-            close_with_error(self, g_error_new(QMP_ERROR, QMP_ERROR_PROTOCOL,
-                                               "expected the QMP greeting"));
+            close_with_error(
+                self, g_error_new(QMP_ERROR, QMP_ERROR_PROTOCOL, "expected the QMP greeting"));
             return;
         }
         if (!parse_greeting(self, msg, &error)) {
@@ -435,8 +437,8 @@ route_message(QmpClient *self, JsonObject *msg)
         if (kind == QMP_MESSAGE_EVENT)
             route_event(self, msg);
         else if (kind == QMP_MESSAGE_GREETING)
-            close_with_error(self, g_error_new(QMP_ERROR, QMP_ERROR_PROTOCOL,
-                                               "second QMP greeting"));
+            close_with_error(self,
+                             g_error_new(QMP_ERROR, QMP_ERROR_PROTOCOL, "second QMP greeting"));
         else
             route_reply(self, msg, kind, (guint64)id);
         return;
@@ -587,7 +589,8 @@ static gboolean
 connect_cancel_cb(GCancellable *cancellable, gpointer data)
 {
     QmpClient *self = data;
-    close_with_error(self, g_error_new(G_IO_ERROR, G_IO_ERROR_CANCELLED, "QMP handshake cancelled"));
+    close_with_error(self,
+                     g_error_new(G_IO_ERROR, G_IO_ERROR_CANCELLED, "QMP handshake cancelled"));
     return G_SOURCE_REMOVE;
 }
 
@@ -609,7 +612,8 @@ qmp_client_connect_async(QmpClient *self, int timeout_ms, GCancellable *cancella
         return;
     self->connect_task = g_steal_pointer(&task);
     if (timeout > 0)
-        self->connect_timeout = attach(self, g_timeout_source_new(timeout), connect_timeout_cb, self);
+        self->connect_timeout =
+            attach(self, g_timeout_source_new(timeout), connect_timeout_cb, self);
     if (cancellable)
         self->connect_cancel = attach(self, g_cancellable_source_new(cancellable),
                                       (GSourceFunc)(void (*)(void))connect_cancel_cb, self);
@@ -741,8 +745,8 @@ qmp_client_init(QmpClient *self)
     self->out = g_string_sized_new(4096);
     g_queue_init(&self->out_fds);
     self->generator = json_generator_new();
-    self->pending = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
-                                          (GDestroyNotify)pending_free);
+    self->pending =
+        g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, (GDestroyNotify)pending_free);
     self->next_id = 1;
     self->max_pending = QMP_CLIENT_DEFAULT_MAX_PENDING;
     self->default_timeout_ms = QMP_CLIENT_DEFAULT_TIMEOUT_MS;
@@ -756,12 +760,11 @@ qmp_client_class_init(QmpClientClass *klass)
     oc->dispose = qmp_client_dispose;
     oc->finalize = qmp_client_finalize;
 
-    signals[SIGNAL_EVENT] = g_signal_new("event", G_TYPE_FROM_CLASS(klass),
-                                         G_SIGNAL_RUN_LAST | G_SIGNAL_DETAILED, 0, NULL, NULL, NULL,
-                                         G_TYPE_NONE, 3, G_TYPE_STRING | G_SIGNAL_TYPE_STATIC_SCOPE,
-                                         JSON_TYPE_OBJECT | G_SIGNAL_TYPE_STATIC_SCOPE,
-                                         G_TYPE_INT64);
-    signals[SIGNAL_CLOSED] = g_signal_new("closed", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0,
-                                          NULL, NULL, NULL, G_TYPE_NONE, 1,
-                                          G_TYPE_ERROR | G_SIGNAL_TYPE_STATIC_SCOPE);
+    signals[SIGNAL_EVENT] =
+        g_signal_new("event", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST | G_SIGNAL_DETAILED, 0,
+                     NULL, NULL, NULL, G_TYPE_NONE, 3, G_TYPE_STRING | G_SIGNAL_TYPE_STATIC_SCOPE,
+                     JSON_TYPE_OBJECT | G_SIGNAL_TYPE_STATIC_SCOPE, G_TYPE_INT64);
+    signals[SIGNAL_CLOSED] =
+        g_signal_new("closed", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0, NULL, NULL, NULL,
+                     G_TYPE_NONE, 1, G_TYPE_ERROR | G_SIGNAL_TYPE_STATIC_SCOPE);
 }

@@ -34,9 +34,9 @@ typedef struct {
 
 /* timeout_ms arguments: a positive number of milliseconds, QMP_TIMEOUT_NONE,
  * or QMP_TIMEOUT_DEFAULT (the client's default, see set_default_timeout). */
-#define QMP_TIMEOUT_DEFAULT (-1)
-#define QMP_TIMEOUT_NONE 0
-#define QMP_CLIENT_DEFAULT_TIMEOUT_MS 30000
+#define QMP_TIMEOUT_DEFAULT            (-1)
+#define QMP_TIMEOUT_NONE               0
+#define QMP_CLIENT_DEFAULT_TIMEOUT_MS  30000
 #define QMP_CLIENT_DEFAULT_MAX_PENDING 64
 
 /* Wrap a connected stream socket (a GUnixConnection for fd passing). */

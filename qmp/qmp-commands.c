@@ -44,15 +44,15 @@ malformed(GError **error, const char *command)
     return FALSE;
 }
 
-#define VOID_COMMAND(fn, name)                                                                    \
-    void fn##_async(QmpClient *client, GCancellable *cancellable, GAsyncReadyCallback callback,   \
-                    gpointer user_data)                                                           \
-    {                                                                                             \
-        run(client, name, NULL, cancellable, callback, user_data);                                \
-    }                                                                                             \
-    gboolean fn##_finish(QmpClient *client, GAsyncResult *result, GError **error)                 \
-    {                                                                                             \
-        return finish_void(client, result, error);                                                \
+#define VOID_COMMAND(fn, name)                                                                     \
+    void fn##_async(QmpClient *client, GCancellable *cancellable, GAsyncReadyCallback callback,    \
+                    gpointer user_data)                                                            \
+    {                                                                                              \
+        run(client, name, NULL, cancellable, callback, user_data);                                 \
+    }                                                                                              \
+    gboolean fn##_finish(QmpClient *client, GAsyncResult *result, GError **error)                  \
+    {                                                                                              \
+        return finish_void(client, result, error);                                                 \
     }
 
 VOID_COMMAND(qmp_cont, "cont")
@@ -449,8 +449,9 @@ job_dismissed_cb(GObject *source, GAsyncResult *res, gpointer data)
         return;
     }
     if (job->job_error)
-        job_run_done(task, g_error_new(QMP_ERROR, QMP_ERROR_JOB, "blockdev-create job %s failed: %s",
-                                       job->job_id, job->job_error));
+        job_run_done(task,
+                     g_error_new(QMP_ERROR, QMP_ERROR_JOB, "blockdev-create job %s failed: %s",
+                                 job->job_id, job->job_error));
     else
         job_run_done(task, NULL);
 }
@@ -480,9 +481,9 @@ job_queried_cb(GObject *source, GAsyncResult *res, gpointer data)
             info = obj;
     }
     if (info == NULL) {
-        job_run_done(task, g_error_new(QMP_ERROR, QMP_ERROR_PROTOCOL,
-                                       "job %s concluded but query-jobs does not list it",
-                                       job->job_id));
+        job_run_done(task,
+                     g_error_new(QMP_ERROR, QMP_ERROR_PROTOCOL,
+                                 "job %s concluded but query-jobs does not list it", job->job_id));
         return;
     }
     if (json_object_has_member(info, "error")) {
@@ -577,8 +578,8 @@ qmp_blockdev_create_run_async(QmpClient *client, const char *job_id, JsonObject 
                                        "blockdev-create: QMP connection is not running"));
         return;
     }
-    job->event_handler = g_signal_connect(client, "event::JOB_STATUS_CHANGE",
-                                          G_CALLBACK(job_event_cb), task);
+    job->event_handler =
+        g_signal_connect(client, "event::JOB_STATUS_CHANGE", G_CALLBACK(job_event_cb), task);
     job->closed_handler = g_signal_connect(client, "closed", G_CALLBACK(job_closed_cb), task);
     if (timeout > 0) {
         job->timeout_source = g_timeout_source_new(timeout);

@@ -11,7 +11,7 @@
 
 G_BEGIN_DECLS
 
-#define QMP_DECLARE_VOID_FINISH(name) \
+#define QMP_DECLARE_VOID_FINISH(name)                                                              \
     gboolean name##_finish(QmpClient *client, GAsyncResult *result, GError **error)
 
 /* query-status: the run state ("prelaunch", "running", "paused", ...). */
@@ -76,8 +76,8 @@ void qmp_blockdev_del_async(QmpClient *client, const char *node_name, GCancellab
                             GAsyncReadyCallback callback, gpointer user_data);
 QMP_DECLARE_VOID_FINISH(qmp_blockdev_del);
 /* query-jobs: the array of JobInfo objects (owned). */
-void qmp_query_jobs_async(QmpClient *client, GCancellable *cancellable, GAsyncReadyCallback callback,
-                          gpointer user_data);
+void qmp_query_jobs_async(QmpClient *client, GCancellable *cancellable,
+                          GAsyncReadyCallback callback, gpointer user_data);
 JsonArray *qmp_query_jobs_finish(QmpClient *client, GAsyncResult *result, GError **error);
 void qmp_job_dismiss_async(QmpClient *client, const char *job_id, GCancellable *cancellable,
                            GAsyncReadyCallback callback, gpointer user_data);

@@ -28,13 +28,13 @@ typedef enum {
 
 /* The "class" member of a QMP error reply (qapi/error.json). */
 typedef enum {
-    QMP_ERROR_CLASS_NONE,              /* not a QMP_ERROR_COMMAND error */
+    QMP_ERROR_CLASS_NONE, /* not a QMP_ERROR_COMMAND error */
     QMP_ERROR_CLASS_GENERIC_ERROR,
     QMP_ERROR_CLASS_COMMAND_NOT_FOUND,
     QMP_ERROR_CLASS_DEVICE_NOT_ACTIVE,
     QMP_ERROR_CLASS_DEVICE_NOT_FOUND,
     QMP_ERROR_CLASS_KVM_MISSING_CAP,
-    QMP_ERROR_CLASS_UNKNOWN,           /* a class this client does not know */
+    QMP_ERROR_CLASS_UNKNOWN, /* a class this client does not know */
 } QmpErrorClass;
 
 /* The class of a QMP_ERROR_COMMAND error; QMP_ERROR_CLASS_NONE for any other error. */

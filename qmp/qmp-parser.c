@@ -95,8 +95,7 @@ qmp_parser_get_buffered(QmpParser *self)
     return self->len - self->start;
 }
 
-static gboolean
-fail(QmpParser *self, GError **error, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static gboolean fail(QmpParser *self, GError **error, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 
 static gboolean
 fail(QmpParser *self, GError **error, const char *fmt, ...)
@@ -284,7 +283,8 @@ qmp_message_classify(JsonObject *msg, QmpMessageKind *out_kind, gint64 *out_id, 
         JsonObject *err = qmp_json_peek_object(msg, "error");
         if (!has_id)
             return protocol_error(error, "error reply without an id");
-        if (err == NULL || !qmp_json_peek_string(err, "class") || !qmp_json_peek_string(err, "desc"))
+        if (err == NULL || !qmp_json_peek_string(err, "class") ||
+            !qmp_json_peek_string(err, "desc"))
             return protocol_error(error, "malformed error reply");
         *out_kind = QMP_MESSAGE_ERROR;
     } else if (json_object_has_member(msg, "event")) {
@@ -311,7 +311,8 @@ qmp_message_get_timestamp(JsonObject *event)
     JsonObject *ts = qmp_json_peek_object(event, "timestamp");
     gint64 s = 0, us = 0;
 
-    if (ts == NULL || !qmp_json_get_int(ts, "seconds", &s) || !qmp_json_get_int(ts, "microseconds", &us))
+    if (ts == NULL || !qmp_json_get_int(ts, "seconds", &s) ||
+        !qmp_json_get_int(ts, "microseconds", &us))
         return 0;
     if (s < 0 || s > G_MAXINT64 / G_USEC_PER_SEC - 1 || us < 0 || us >= G_USEC_PER_SEC)
         return 0;

@@ -22,7 +22,7 @@ struct _QmpFake {
     GSource *out_source;
     GString *in;
     GByteArray *out;
-    GQueue script; /* Step */
+    GQueue script;       /* Step */
     GPtrArray *received; /* JsonObject */
     GQueue fds;          /* GINT_TO_POINTER(fd) */
     char *failure;
@@ -37,8 +37,7 @@ step_free(Step *s)
     g_free(s);
 }
 
-static void
-set_failure(QmpFake *self, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void set_failure(QmpFake *self, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static void
 set_failure(QmpFake *self, const char *fmt, ...)
@@ -58,8 +57,8 @@ flush(QmpFake *self)
 {
     while (self->out->len > 0 && self->socket) {
         g_autoptr(GError) error = NULL;
-        gssize n = g_socket_send(self->socket, (const char *)self->out->data, self->out->len,
-                                 NULL, &error);
+        gssize n = g_socket_send(self->socket, (const char *)self->out->data, self->out->len, NULL,
+                                 &error);
         if (n < 0) {
             if (!g_error_matches(error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
                 g_byte_array_set_size(self->out, 0); /* peer gone */
@@ -103,8 +102,9 @@ qmp_fake_send(QmpFake *self, const char *text)
 void
 qmp_fake_send_greeting(QmpFake *self)
 {
-    qmp_fake_send(self, "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "
-                        "\"package\": \"fake\"}, \"capabilities\": [\"oob\"]}}\r\n");
+    qmp_fake_send(self,
+                  "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "
+                  "\"package\": \"fake\"}, \"capabilities\": [\"oob\"]}}\r\n");
 }
 
 void

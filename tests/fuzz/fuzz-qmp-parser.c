@@ -27,7 +27,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    gsize chunk = 1 + (data[0] & 0x0f) * 37;      /* 1 .. 556 bytes per "read" */
+    gsize chunk = 1 + (data[0] & 0x0f) * 37;            /* 1 .. 556 bytes per "read" */
     gsize max_line = 64 + (gsize)(data[0] >> 4) * 4096; /* small caps reach the limit */
     QmpParser *p = qmp_parser_new(max_line);
     gboolean broken = FALSE;
@@ -53,7 +53,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (kind == QMP_MESSAGE_EVENT) {
                     (void)qmp_message_get_timestamp(msg);
                 } else if (kind == QMP_MESSAGE_ERROR) {
-                    GError *e = qmp_error_new_from_reply(qmp_json_peek_object(msg, "error"), "fuzz");
+                    GError *e =
+                        qmp_error_new_from_reply(qmp_json_peek_object(msg, "error"), "fuzz");
                     g_assert(qmp_error_get_class(e) != QMP_ERROR_CLASS_NONE);
                     g_error_free(e);
                 } else if (kind == QMP_MESSAGE_RETURN) {

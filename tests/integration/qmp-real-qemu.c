@@ -103,15 +103,15 @@ status_of(QmpClient *client, gboolean *out_running)
     return status;
 }
 
-#define RUN_VOID(call, finish)                                        \
-    do {                                                              \
-        ItWait w_ = {0};                                              \
-        g_autoptr(GError) e_ = NULL;                                  \
-        call;                                                         \
-        it_run_wait(&w_);                                             \
-        if (!finish(vm->client, w_.res, &e_))                         \
-            fail_msg("%s: %s", #finish, e_->message);                 \
-        it_wait_clear(&w_);                                           \
+#define RUN_VOID(call, finish)                                                                     \
+    do {                                                                                           \
+        ItWait w_ = {0};                                                                           \
+        g_autoptr(GError) e_ = NULL;                                                               \
+        call;                                                                                      \
+        it_run_wait(&w_);                                                                          \
+        if (!finish(vm->client, w_.res, &e_))                                                      \
+            fail_msg("%s: %s", #finish, e_->message);                                              \
+        it_wait_clear(&w_);                                                                        \
     } while (0)
 
 static void
@@ -247,7 +247,8 @@ test_killed_under_pending_command(void **state)
     sbx_child_kill(vm->child, SIGKILL);
     it_child_wait(vm->child);
     /* QEMU is gone; the command cannot be answered. */
-    qmp_client_execute_async(vm->client, "query-status", NULL, QMP_TIMEOUT_NONE, NULL, it_wait_cb, &w);
+    qmp_client_execute_async(vm->client, "query-status", NULL, QMP_TIMEOUT_NONE, NULL, it_wait_cb,
+                             &w);
     it_run_wait(&w);
     g_autoptr(JsonNode) ret = qmp_client_execute_finish(vm->client, w.res, &error);
     assert_null(ret);

@@ -296,7 +296,8 @@ main(void)
     qsd_path = it_find_program("qemu-storage-daemon");
     qemu_img_path = it_find_program("qemu-img");
     if (qsd_path == NULL || qemu_img_path == NULL) {
-        printf("1..0 # SKIP qemu-storage-daemon or qemu-img not found (Debian: qemu-system-common, qemu-utils)\n");
+        printf("1..0 # SKIP qemu-storage-daemon or qemu-img not found (Debian: qemu-system-common, "
+               "qemu-utils)\n");
         return 77;
     }
     const struct CMUnitTest tests[] = {

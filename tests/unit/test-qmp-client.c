@@ -204,11 +204,13 @@ test_handshake_and_command(void **state)
 
     assert_int_equal(qmp_client_get_state(f->client), QMP_CLIENT_STATE_GREETING);
     connect_ok(f);
-    qmp_fake_expect(f->fake, "query-status",
-                    "{\"return\": {\"status\": \"prelaunch\", \"singlestep\": false, \"running\": false}}");
+    qmp_fake_expect(
+        f->fake, "query-status",
+        "{\"return\": {\"status\": \"prelaunch\", \"singlestep\": false, \"running\": false}}");
     g_autoptr(JsonObject) args = json_object_new();
     json_object_set_string_member(args, "probe", "x\"y\n");
-    qmp_client_execute_async(f->client, "query-status", args, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w);
+    qmp_client_execute_async(f->client, "query-status", args, QMP_TIMEOUT_DEFAULT, NULL, wait_cb,
+                             &w);
     g_autoptr(JsonNode) ret = execute_finish(f, &w, &error);
     assert_null(error);
     assert_true(JSON_NODE_HOLDS_OBJECT(ret));
@@ -238,7 +240,8 @@ test_out_of_order_replies(void **state)
         g_autoptr(JsonObject) args = json_object_new();
         json_object_set_int_member(args, "n", i);
         qmp_fake_expect(f->fake, "echo", NULL); /* hold */
-        qmp_client_execute_async(f->client, "echo", args, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w[i]);
+        qmp_client_execute_async(f->client, "echo", args, QMP_TIMEOUT_DEFAULT, NULL, wait_cb,
+                                 &w[i]);
     }
     assert_int_equal(qmp_client_get_n_pending(f->client), N);
     run_until_received(f, 1 + N);
@@ -308,8 +311,11 @@ test_event_between_command_and_reply(void **state)
     qmp_client_execute_async(f->client, "quit", NULL, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w);
     run_until_received(f, 2);
     qmp_fake_send(f->fake, "{\"timestamp\": {\"seconds\": 1700000000, \"microseconds\": 123456}, "
-                           "\"event\": \"SHUTDOWN\", \"data\": {\"guest\": false, \"reason\": \"host-qmp-quit\"}}\r\n");
-    qmp_fake_send(f->fake, "{\"event\": \"RESUME\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 0}}\r\n");
+                           "\"event\": \"SHUTDOWN\", \"data\": {\"guest\": false, \"reason\": "
+                           "\"host-qmp-quit\"}}\r\n");
+    qmp_fake_send(
+        f->fake,
+        "{\"event\": \"RESUME\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 0}}\r\n");
     qmp_fake_reply(f->fake, 1, "{\"return\": {}}");
     g_autoptr(JsonNode) ret = execute_finish(f, &w, &error);
     assert_null(error);
@@ -322,7 +328,8 @@ test_event_between_command_and_reply(void **state)
     qmp_fake_send(f->fake, "{\"event\": \"STOP\"}\r\n");
     qmp_fake_expect(f->fake, "query-status", "{\"return\": {}}");
     Wait w2 = {0};
-    qmp_client_execute_async(f->client, "query-status", NULL, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w2);
+    qmp_client_execute_async(f->client, "query-status", NULL, QMP_TIMEOUT_DEFAULT, NULL, wait_cb,
+                             &w2);
     g_autoptr(JsonNode) ret2 = execute_finish(f, &w2, NULL);
     assert_int_equal(log.n_stop, 1);
     g_free(log.name);
@@ -338,8 +345,9 @@ test_command_error_class(void **state)
     g_autoptr(GError) error = NULL;
 
     connect_ok(f);
-    qmp_fake_expect(f->fake, "device_del",
-                    "{\"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device 'x' not found\"}}");
+    qmp_fake_expect(
+        f->fake, "device_del",
+        "{\"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device 'x' not found\"}}");
     qmp_client_execute_async(f->client, "device_del", NULL, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w);
     g_autoptr(JsonNode) ret = execute_finish(f, &w, &error);
     assert_null(ret);
@@ -360,7 +368,8 @@ test_hangup_mid_command(void **state)
     connect_ok(f);
     for (int i = 0; i < 3; i++) {
         qmp_fake_expect(f->fake, "migrate", NULL);
-        qmp_client_execute_async(f->client, "migrate", NULL, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w[i]);
+        qmp_client_execute_async(f->client, "migrate", NULL, QMP_TIMEOUT_DEFAULT, NULL, wait_cb,
+                                 &w[i]);
     }
     run_until_received(f, 4);
     qmp_fake_hangup(f->fake);
@@ -411,7 +420,8 @@ test_timeout_then_late_reply(void **state)
     qmp_fake_reply(f->fake, 1, "{\"return\": {\"status\": \"late\"}}");
     qmp_fake_expect(f->fake, "query-status", "{\"return\": {\"status\": \"running\"}}");
     Wait w2 = {0};
-    qmp_client_execute_async(f->client, "query-status", NULL, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w2);
+    qmp_client_execute_async(f->client, "query-status", NULL, QMP_TIMEOUT_DEFAULT, NULL, wait_cb,
+                             &w2);
     g_autoptr(JsonNode) ret2 = execute_finish(f, &w2, NULL);
     assert_string_equal(qmp_json_peek_string(json_node_get_object(ret2), "status"), "running");
     assert_int_equal(w.count, 1);
@@ -491,7 +501,8 @@ test_unknown_id(void **state)
 static void
 test_idless_error(void **state)
 {
-    const char *msg = "{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\r\n";
+    const char *msg =
+        "{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\r\n";
     expect_protocol_close(*state, msg, strlen(msg));
 }
 
@@ -566,10 +577,10 @@ test_fd_passing(void **state)
     run_wait(&w);
     assert_true(qmp_getfd_finish(f->client, w.res, &error));
     assert_null(error);
-    assert_string_equal(qmp_json_peek_string(qmp_json_peek_object(qmp_fake_peek_received(f->fake, 1),
-                                                                  "arguments"),
-                                             "fdname"),
-                        "mig");
+    assert_string_equal(
+        qmp_json_peek_string(qmp_json_peek_object(qmp_fake_peek_received(f->fake, 1), "arguments"),
+                             "fdname"),
+        "mig");
     /* The fd the fake received is the write end of our pipe. */
     got = qmp_fake_steal_fd(f->fake);
     assert_true(got >= 0);
@@ -675,8 +686,9 @@ test_wrappers(void **state)
     g_autoptr(GError) error = NULL;
 
     connect_ok(f);
-    qmp_fake_expect(f->fake, "query-status",
-                    "{\"return\": {\"status\": \"paused\", \"singlestep\": false, \"running\": false}}");
+    qmp_fake_expect(
+        f->fake, "query-status",
+        "{\"return\": {\"status\": \"paused\", \"singlestep\": false, \"running\": false}}");
     qmp_query_status_async(f->client, NULL, wait_cb, &w);
     run_wait(&w);
     gboolean running = TRUE;
@@ -737,31 +749,40 @@ test_blockdev_create_job(void **state)
     qmp_fake_expect(f->fake, "blockdev-create", NULL);
     qmp_blockdev_create_run_async(f->client, "job0", opts, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w);
     run_until_received(f, 2);
-    qmp_fake_send(f->fake, "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"created\", \"id\": \"job0\"}}\r\n"
-                           "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"concluded\", \"id\": \"other\"}}\r\n");
+    qmp_fake_send(f->fake, "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"created\", "
+                           "\"id\": \"job0\"}}\r\n"
+                           "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": "
+                           "\"concluded\", \"id\": \"other\"}}\r\n");
     qmp_fake_reply(f->fake, 1, "{\"return\": {}}");
     qmp_fake_expect(f->fake, "query-jobs",
-                    "{\"return\": [{\"current-progress\": 1, \"status\": \"concluded\", \"total-progress\": 1, \"type\": \"create\", \"id\": \"job0\"}]}");
+                    "{\"return\": [{\"current-progress\": 1, \"status\": \"concluded\", "
+                    "\"total-progress\": 1, \"type\": \"create\", \"id\": \"job0\"}]}");
     qmp_fake_expect(f->fake, "job-dismiss", "{\"return\": {}}");
-    qmp_fake_send(f->fake, "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"running\", \"id\": \"job0\"}}\r\n"
-                           "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"concluded\", \"id\": \"job0\"}}\r\n");
+    qmp_fake_send(f->fake, "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"running\", "
+                           "\"id\": \"job0\"}}\r\n"
+                           "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": "
+                           "\"concluded\", \"id\": \"job0\"}}\r\n");
     run_wait(&w);
     assert_true(qmp_blockdev_create_run_finish(f->client, w.res, &error));
     assert_null(error);
     assert_int_equal(qmp_fake_get_n_received(f->fake), 4);
-    assert_string_equal(qmp_json_peek_string(qmp_json_peek_object(qmp_fake_peek_received(f->fake, 3), "arguments"), "id"),
-                        "job0");
+    assert_string_equal(
+        qmp_json_peek_string(qmp_json_peek_object(qmp_fake_peek_received(f->fake, 3), "arguments"),
+                             "id"),
+        "job0");
     wait_clear(&w);
     w.count = 0;
 
     /* Failure: the job reports an error; it is still dismissed and the error returned. */
     qmp_fake_expect(f->fake, "blockdev-create", "{\"return\": {}}");
     qmp_fake_expect(f->fake, "query-jobs",
-                    "{\"return\": [{\"status\": \"concluded\", \"type\": \"create\", \"id\": \"job1\", \"error\": \"Could not create 'x': No such file\"}]}");
+                    "{\"return\": [{\"status\": \"concluded\", \"type\": \"create\", \"id\": "
+                    "\"job1\", \"error\": \"Could not create 'x': No such file\"}]}");
     qmp_fake_expect(f->fake, "job-dismiss", "{\"return\": {}}");
     qmp_blockdev_create_run_async(f->client, "job1", opts, QMP_TIMEOUT_DEFAULT, NULL, wait_cb, &w);
     run_until_received(f, 5);
-    qmp_fake_send(f->fake, "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": \"concluded\", \"id\": \"job1\"}}\r\n");
+    qmp_fake_send(f->fake, "{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"status\": "
+                           "\"concluded\", \"id\": \"job1\"}}\r\n");
     run_wait(&w);
     assert_false(qmp_blockdev_create_run_finish(f->client, w.res, &error));
     assert_true(g_error_matches(error, QMP_ERROR, QMP_ERROR_JOB));

@@ -38,8 +38,9 @@ feed_chunked(QmpParser *p, const char *text, gsize len, gsize chunk, GError **er
 static void
 test_partial_reads(void **state)
 {
-    const char *text = "{\"return\": {\"status\": \"running\"}, \"id\": 7}\r\n"
-                       "{\"event\": \"STOP\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n";
+    const char *text =
+        "{\"return\": {\"status\": \"running\"}, \"id\": 7}\r\n"
+        "{\"event\": \"STOP\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n";
     /* Every chunk size from 1 byte to the whole text gives the same two messages. */
     for (gsize chunk = 1; chunk <= strlen(text); chunk++) {
         g_autoptr(QmpParser) p = qmp_parser_new(0);
@@ -66,7 +67,7 @@ test_many_in_one_read_and_lf_only(void **state)
 
     for (int i = 0; i < 100; i++)
         g_string_append_printf(s, "{\"return\": %d, \"id\": %d}%s", i, i, i % 2 ? "\r\n" : "\n");
-    g_string_append(s, "\r\n\n"); /* empty lines are skipped */
+    g_string_append(s, "\r\n\n");                        /* empty lines are skipped */
     g_string_append(s, "{\"return\": {}, \"id\": 1000"); /* incomplete tail stays buffered */
     g_autoptr(GPtrArray) msgs = feed_chunked(p, s->str, s->len, s->len, &error);
     assert_null(error);
@@ -207,14 +208,14 @@ test_invalid_input(void **state)
     } cases[] = {
         {"{\"return\": \"\xc3\x28\", \"id\": 1}\n", 0},     /* invalid UTF-8 */
         {"{\"return\": \"\xed\xa0\x80\", \"id\": 1}\n", 0}, /* UTF-16 surrogate in UTF-8 */
-        {"{\"return\": \"a\0b\", \"id\": 1}\n", 27},         /* NUL byte */
-        {"{\"return\": }\n", 0},                              /* invalid JSON */
+        {"{\"return\": \"a\0b\", \"id\": 1}\n", 27},        /* NUL byte */
+        {"{\"return\": }\n", 0},                            /* invalid JSON */
         {"garbage\r\n", 0},
         {"[1, 2, 3]\n", 0}, /* not an object */
         {"42\n", 0},
         {"{\"a\": 1} {\"b\": 2}\n", 0}, /* two values on one line (json-glib takes it) */
-        {"var x = {\"a\": 1}\n", 0},     /* json-glib extension */
-        {"{\"a\": [1}\n", 0},            /* unbalanced */
+        {"var x = {\"a\": 1}\n", 0},    /* json-glib extension */
+        {"{\"a\": [1}\n", 0},           /* unbalanced */
     };
     for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autoptr(QmpParser) p = qmp_parser_new(0);
@@ -239,7 +240,8 @@ test_nesting_bomb(void **state)
 
     /* Brackets inside strings do not count; moderate real nesting passes. */
     g_autoptr(QmpParser) q = qmp_parser_new(0);
-    GString *s = g_string_new("{\"return\": \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\\"[[[[[\", \"x\": ");
+    GString *s =
+        g_string_new("{\"return\": \"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\\"[[[[[\", \"x\": ");
     for (int i = 0; i < 100; i++)
         g_string_append_c(s, '[');
     for (int i = 0; i < 100; i++)
@@ -270,8 +272,9 @@ test_classify(void **state)
         {"{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}, \"id\": 6}", TRUE,
          QMP_MESSAGE_ERROR, 6},
         /* protocol errors */
-        {"{\"error\": {\"class\": \"GenericError\", \"desc\": \"bad JSON\"}}", FALSE, 0, 0}, /* id-less */
-        {"{\"return\": {}}", FALSE, 0, 0},                                                  /* id-less */
+        {"{\"error\": {\"class\": \"GenericError\", \"desc\": \"bad JSON\"}}", FALSE, 0,
+         0},                               /* id-less */
+        {"{\"return\": {}}", FALSE, 0, 0}, /* id-less */
         {"{\"return\": {}, \"id\": \"abc\"}", FALSE, 0, 0},
         {"{\"return\": {}, \"id\": -1}", FALSE, 0, 0},
         {"{\"return\": {}, \"id\": 1.5}", FALSE, 0, 0},
@@ -309,7 +312,8 @@ static void
 test_error_class(void **state)
 {
     g_autoptr(QmpParser) p = qmp_parser_new(0);
-    const char *text = "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command foo has not been found\"}, \"id\": 1}\n"
+    const char *text = "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command foo "
+                       "has not been found\"}, \"id\": 1}\n"
                        "{\"error\": {\"class\": \"SomethingNew\", \"desc\": \"d\"}, \"id\": 2}\n";
     qmp_parser_feed(p, text, strlen(text));
 
