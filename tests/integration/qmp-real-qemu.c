@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -51,8 +52,8 @@ on_shutdown(QmpClient *client, const char *name, JsonObject *data, gint64 ts, gp
     assert_true(ts > 0);
 }
 
-static int
-setup(void **state)
+static Vm *
+vm_start(gboolean incoming_defer)
 {
     g_autoptr(SbxSpawnSpec) spec = sbx_spawn_spec_new();
     g_autoptr(GError) error = NULL;
@@ -60,6 +61,8 @@ setup(void **state)
 
     sbx_spawn_spec_add_args(spec, qemu_path, "-M", "microvm", "-accel", "tcg", "-S", "-nodefaults",
                             "-no-user-config", "-display", "none", "-m", "64", NULL);
+    if (incoming_defer)
+        sbx_spawn_spec_add_args(spec, "-incoming", "defer", NULL);
     it_add_qemu_monitor(spec, "qmp", 3);
     vm->child = it_spawn_with_qmp(spec, &vm->client, &error);
     if (vm->child == NULL)
@@ -70,21 +73,32 @@ setup(void **state)
         g_autofree char *console = sbx_child_dup_console_tail(vm->child, 10);
         fail_msg("connect: %s (console: %s)", error->message, console);
     }
-    *state = vm;
+    return vm;
+}
+
+static void
+vm_free(Vm *vm)
+{
+    if (vm == NULL)
+        return;
+    g_clear_object(&vm->client);
+    it_child_stop(vm->child);
+    g_clear_object(&vm->child);
+    g_free(vm->shutdown_reason);
+    g_free(vm);
+}
+
+static int
+setup(void **state)
+{
+    *state = vm_start(FALSE);
     return 0;
 }
 
 static int
 teardown(void **state)
 {
-    Vm *vm = *state;
-    if (vm == NULL)
-        return 0;
-    g_clear_object(&vm->client);
-    it_child_stop(vm->child);
-    g_clear_object(&vm->child);
-    g_free(vm->shutdown_reason);
-    g_free(vm);
+    vm_free(*state);
     return 0;
 }
 
@@ -260,6 +274,106 @@ test_killed_under_pending_command(void **state)
     it_wait_clear(&w);
 }
 
+typedef struct {
+    char *status; /* final MIGRATION status seen */
+} MigLog;
+
+static void
+on_migration(QmpClient *client, const char *name, JsonObject *data, gint64 ts, gpointer user)
+{
+    MigLog *m = user;
+    const char *status = qmp_json_peek_string(data, "status");
+    if (status && (g_str_equal(status, "completed") || g_str_equal(status, "failed"))) {
+        g_free(m->status);
+        m->status = g_strdup(status);
+    }
+}
+
+static void
+enable_migration_events(Vm *vm)
+{
+    const char *caps[] = {"events", NULL};
+    RUN_VOID(qmp_migrate_set_capabilities_async(vm->client, caps, TRUE, NULL, it_wait_cb, &w_),
+             qmp_migrate_set_capabilities_finish);
+}
+
+static void
+wait_migration(MigLog *m)
+{
+    while (m->status == NULL)
+        g_main_context_iteration(NULL, TRUE);
+}
+
+static char *
+migrate_status(Vm *vm)
+{
+    ItWait w = {0};
+    g_autoptr(GError) error = NULL;
+    char *status;
+
+    qmp_query_migrate_async(vm->client, NULL, it_wait_cb, &w);
+    it_run_wait(&w);
+    status = qmp_query_migrate_finish(vm->client, w.res, NULL, &error);
+    assert_non_null(status);
+    it_wait_clear(&w);
+    return status;
+}
+
+/* Save the paused VM to a file with migrate + exec:, restore it into a
+ * second QEMU started with -incoming defer through migrate-incoming; the
+ * MIGRATION events (capability "events") tell when each side is done. */
+static void
+test_migrate_roundtrip(void **state)
+{
+    Vm *vm = *state;
+    g_autoptr(GError) error = NULL;
+    g_autofree char *path = NULL;
+    MigLog src_log = {0}, dst_log = {0};
+    int fd = g_file_open_tmp("qmp-mig-XXXXXX", &path, &error);
+
+    assert_true(fd >= 0);
+    close(fd);
+    g_autofree char *before = migrate_status(vm);
+    assert_string_equal(before, "none");
+    /* Run, then pause: the saved run state travels with the migration stream. */
+    RUN_VOID(qmp_cont_async(vm->client, NULL, it_wait_cb, &w_), qmp_cont_finish);
+    RUN_VOID(qmp_stop_async(vm->client, NULL, it_wait_cb, &w_), qmp_stop_finish);
+    enable_migration_events(vm);
+    g_signal_connect(vm->client, "event::MIGRATION", G_CALLBACK(on_migration), &src_log);
+    g_autofree char *out_uri = g_strdup_printf("exec:cat > '%s'", path);
+    RUN_VOID(qmp_migrate_async(vm->client, out_uri, NULL, it_wait_cb, &w_), qmp_migrate_finish);
+    wait_migration(&src_log);
+    assert_string_equal(src_log.status, "completed");
+    g_autofree char *after = migrate_status(vm);
+    assert_string_equal(after, "completed");
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(st.st_size > 0);
+
+    Vm *dst = vm_start(TRUE);
+    g_autofree char *inmigrate = status_of(dst->client, NULL);
+    assert_string_equal(inmigrate, "inmigrate");
+    Vm *saved = vm;
+    vm = dst; /* RUN_VOID uses vm */
+    enable_migration_events(dst);
+    g_signal_connect(dst->client, "event::MIGRATION", G_CALLBACK(on_migration), &dst_log);
+    g_autofree char *in_uri = g_strdup_printf("exec:cat '%s'", path);
+    RUN_VOID(qmp_migrate_incoming_async(dst->client, in_uri, NULL, it_wait_cb, &w_),
+             qmp_migrate_incoming_finish);
+    wait_migration(&dst_log);
+    assert_string_equal(dst_log.status, "completed");
+    g_autofree char *restored = status_of(dst->client, NULL);
+    assert_string_equal(restored, "paused");
+    RUN_VOID(qmp_cont_async(dst->client, NULL, it_wait_cb, &w_), qmp_cont_finish);
+    g_autofree char *running = status_of(dst->client, NULL);
+    assert_string_equal(running, "running");
+    vm = saved;
+    vm_free(dst);
+    (void)unlink(path);
+    g_free(src_log.status);
+    g_free(dst_log.status);
+}
+
 int
 main(void)
 {
@@ -273,6 +387,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_error_classes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_getfd_closefd_add_fd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_under_pending_command, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_roundtrip, setup, teardown),
     };
     int rc = cmocka_run_group_tests_name("qmp-real-qemu", tests, NULL, NULL);
     g_free(qemu_path);
