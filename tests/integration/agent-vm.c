@@ -313,6 +313,15 @@ main(void)
            "user code runs as 1000:1000, no_new_privs, in /home/user, core 0 (\"%s\")", o);
     }
     {
+        /* The REPL drivers' control pipes (fds 3 and 4) do not leak into the user's children. */
+        g_autofree char *js = exec(g, SBX_LANGUAGE_JAVASCRIPT,
+            "console.log(require('child_process').execSync('for f in 3 4; do [ -e /proc/$$/fd/$f ] && echo leaked $f; done; echo clean').toString().trim())", 60, &res);
+        OK(g_str_equal(js, "clean\n"), "javascript children do not inherit the REPL control pipes (\"%s\")", js);
+        g_autofree char *py = exec(g, SBX_LANGUAGE_PYTHON,
+            "import subprocess\nprint(subprocess.run('for f in 3 4; do [ -e /proc/$$/fd/$f ] && echo leaked $f; done; echo clean', shell=True, close_fds=False, capture_output=True, text=True).stdout.strip())", 60, &res);
+        OK(g_str_equal(py, "clean\n"), "python children do not inherit the REPL control pipes (\"%s\")", py);
+    }
+    {
         g_autofree char *o = exec(g, SBX_LANGUAGE_PYTHON, "import time\ntime.sleep(60)", 2, &res);
         g_autofree char *a = exec(g, SBX_LANGUAGE_PYTHON, "print(globals().get('state', 'fresh'))", 60, &res);
         OK(g_str_equal(a, "fresh\n"), "timeout gives a fresh REPL in the VM");

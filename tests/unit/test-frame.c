@@ -206,6 +206,40 @@ test_bad_headers(void **state)
     }
 }
 
+/* Garbage and mutated frames: every feed ends in frames or a clean error, never a crash. */
+static void
+test_garbage(void **state)
+{
+    g_autoptr(GRand) rnd = g_rand_new_with_seed(1234);
+    g_autoptr(GByteArray) good = encode_one("stdout", 3, "payload", 7);
+
+    for (int round = 0; round < 2000; round++) {
+        g_autoptr(SbxFrameDecoder) dec = sbx_frame_decoder_new();
+        g_autoptr(GByteArray) w = g_byte_array_new();
+        g_autoptr(GError) error = NULL;
+        if (round % 2) {
+            g_byte_array_append(w, good->data, good->len);
+            for (int k = 0; k < 3; k++)
+                w->data[g_rand_int_range(rnd, 0, (gint32)w->len)] = (guint8)g_rand_int(rnd);
+        } else {
+            guint n = (guint)g_rand_int_range(rnd, 0, 64);
+            for (guint i = 0; i < n; i++) {
+                guint8 b = (guint8)g_rand_int(rnd);
+                g_byte_array_append(w, &b, 1);
+            }
+        }
+        if (sbx_frame_decoder_feed(dec, w->data, w->len, &error)) {
+            SbxFrame *f;
+            while ((f = sbx_frame_decoder_pop(dec, &error))) {
+                assert_non_null(f->type);
+                assert_true(f->id >= 0);
+                sbx_frame_free(f);
+            }
+        }
+        assert_true(error == NULL || error->domain == SBX_FRAME_ERROR);
+    }
+}
+
 int
 main(void)
 {
@@ -215,6 +249,7 @@ main(void)
         cmocka_unit_test(test_several_per_feed),
         cmocka_unit_test(test_oversize),
         cmocka_unit_test(test_bad_headers),
+        cmocka_unit_test(test_garbage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
