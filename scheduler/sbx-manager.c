@@ -21,6 +21,7 @@
 #include "scheduler/sbx-cgroup.h"
 #include "scheduler/sbx-error.h"
 #include "scheduler/sbx-orphans.h"
+#include "scheduler/sbx-pool.h"
 #include "scheduler/sbx-session.h"
 #include "scheduler/sbx-vm.h"
 
@@ -41,6 +42,8 @@ struct _SbxManager {
     SbxAdmission *admission;
     QsdDaemon *qsd;
     QsdOverlayPool *disks;
+    SbxPool *pool;     /* L1 templates + warm pool (sbx-pool.c) */
+    gboolean pool_stopping;
     GHashTable *runs;  /* RunData* set: in flight, and the VMs sessions hold */
     GHashTable *sessions; /* id -> SbxSession* (ref): open sessions */
     guint64 serial;
@@ -213,6 +216,18 @@ probe_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         g_task_return_error(task, error);
         return;
     }
+    g_autofree char *l1_dir = g_build_filename(self->cfg->runtime_dir, "l1", NULL);
+    SbxPoolDeps pdeps = {.cfg = self->cfg, .accel = self->accel, .tsc_khz = self->tsc_khz,
+                         .kernel = self->kernel, .initrd = self->initrd, .rootfs = self->rootfs,
+                         .cmdline = self->cmdline, .seed = self->seed, .vms_dir = self->vms_dir,
+                         .l1_dir = l1_dir, .qsd = self->qsd, .disks = self->disks,
+                         .cgroups = self->cgroups, .admission = self->admission,
+                         .vm_mem_cost = mem, .vm_cpu_cost = cpu};
+    self->pool = sbx_pool_new(&pdeps, &error);
+    if (self->pool == NULL) {
+        g_task_return_error(task, error);
+        return;
+    }
     g_info("ready: %u slots of %u MiB, work disks as %s", slots, self->cfg->default_memory_mb,
            qsd_overlay_pool_get_format(self->disks));
     self->started = TRUE;
@@ -300,6 +315,7 @@ struct _RunData {
     SbxReservation *reservation;
     SbxCgroup *cgroup;
     SbxVm *vm;
+    SbxTemplate *l1;        /* restoring from this L1 template (sbx-pool.c) */
     char *vm_id;
     char *run_dir;
     char *work_disk;
@@ -331,6 +347,7 @@ run_data_free(RunData *d)
     g_clear_pointer(&d->reservation, sbx_reservation_free);
     g_clear_object(&d->cgroup);
     g_clear_object(&d->vm);
+    g_clear_pointer(&d->l1, sbx_template_unref);
     g_free(d->vm_id);
     g_free(d->run_dir);
     g_free(d->work_disk);
@@ -502,6 +519,8 @@ run_finish(RunData *d)
                               (GDestroyNotify)sbx_run_result_free);
     }
     run_data_free(d);
+    if (self->pool)
+        sbx_pool_kick(self->pool); /* refill while idle */
     shutdown_continue(self); /* a draining shutdown waits for the last run */
 }
 
@@ -553,6 +572,46 @@ boot_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         return;
     }
     d->result->timing.boot_ms = stage_ms(d);
+    sbx_pool_note_cold_boot(d->mgr->pool, d->language, d->memory_mb);
+    if (d->kind == RUN_KIND_SESSION_VM) {
+        session_booted(d);
+        return;
+    }
+    run_exec(d);
+}
+
+static void run_setup(RunData *d);
+
+static void
+restore_failed_destroyed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    (void)sbx_vm_destroy_finish(SBX_VM(source), res, NULL);
+    g_clear_object(&d->vm);
+    run_setup(d); /* the same request, cold */
+}
+
+static void
+restore_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    SbxPool *pool = d->mgr->pool;
+    GError *error = NULL;
+    if (!sbx_pool_l1_restore_finish(pool, res, &error)) {
+        sbx_pool_l1_restore_failed(pool, d->l1, error);
+        g_clear_pointer(&d->l1, sbx_template_unref);
+        if (g_cancellable_is_cancelled(d->cancellable)) {
+            run_set_error(d, error);
+            run_teardown(d);
+            return;
+        }
+        g_error_free(error); /* tear the failed VM down completely, then boot */
+        sbx_vm_destroy_async(d->vm, restore_failed_destroyed_cb, d);
+        return;
+    }
+    sbx_pool_l1_hit(pool);
+    d->result->l1_hit = TRUE;
+    d->result->timing.restore_ms = stage_ms(d);
     if (d->kind == RUN_KIND_SESSION_VM) {
         session_booted(d);
         return;
@@ -575,26 +634,18 @@ setup_done(RunData *d)
     d->result->timing.setup_ms = stage_ms(d);
     progress(d, SBX_RUN_STAGE_BOOT);
 
-    SbxVmParams p = {0};
-    p.qemu = self->cfg->qemu;
-    p.qemu_cfg.accel = self->accel;
-    p.qemu_cfg.memory_mb = d->memory_mb;
-    p.qemu_cfg.vcpus = self->cfg->vcpus;
-    p.qemu_cfg.tb_size_mb = self->accel == SBX_ACCEL_TCG ? self->cfg->tb_size_mb : 0;
-    p.qemu_cfg.kernel = self->kernel;
-    p.qemu_cfg.initrd = self->initrd;
-    p.qemu_cfg.cmdline = self->cmdline;
-    p.qemu_cfg.tsc_khz = self->accel == SBX_ACCEL_TCG ? self->tsc_khz : 0;
-    p.qemu_cfg.rootfs = self->rootfs;
-    p.qemu_cfg.sandbox = FALSE;
-    p.qemu_cfg.mem_merge = self->cfg->ksm;
+    SbxVmParams p;
+    sbx_pool_fill_vm_params(self->pool, d->memory_mb, &p);
     p.run_dir = d->run_dir;
     p.work_disk = d->work_disk;
-    p.work_format = qsd_overlay_pool_get_format(self->disks);
     p.cgroup = d->cgroup;
-    p.boot_timeout_ms = self->cfg->boot_timeout_s * 1000;
     d->vm = sbx_vm_new(d->vm_id);
-    sbx_vm_boot_async(d->vm, &p, d->cancellable, boot_cb, d);
+    if (d->l1) { /* 4. L1 restore (a failure falls back to a cold boot: restore_cb) */
+        sbx_pool_l1_vm_params(self->pool, d->l1, &p);
+        sbx_pool_l1_restore_async(self->pool, d->l1, d->vm, &p, d->cancellable, restore_cb, d);
+    } else {
+        sbx_vm_boot_async(d->vm, &p, d->cancellable, boot_cb, d);
+    }
     /* the VM owns the disk and the cgroup now */
     g_clear_pointer(&d->work_disk, g_free);
     g_clear_object(&d->cgroup);
@@ -605,7 +656,7 @@ disk_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 {
     RunData *d = user_data;
     GError *error = NULL;
-    if (!qsd_overlay_pool_take_finish(QSD_OVERLAY_POOL(source), res, &error)) {
+    if (!sbx_pool_take_disk_finish(SBX_POOL(source), res, &error)) {
         g_clear_pointer(&d->work_disk, g_free);
         run_set_error(d, error);
     }
@@ -638,8 +689,19 @@ admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     }
     d->result->timing.admission_ms = (gint64)sbx_reservation_get_admission_ms(d->reservation);
     (void)stage_ms(d);
+    d->l1 = sbx_pool_l1_lookup(self->pool, d->language, d->memory_mb);
+    run_setup(d);
+}
 
-    /* work disk and cgroup concurrently */
+/* Work disk (from the pool, or an overlay over the L1 template's disk) and
+ * cgroup, concurrently; then setup_done. Also the cold-boot retry after a
+ * failed restore. */
+static void
+run_setup(RunData *d)
+{
+    SbxManager *self = d->mgr;
+    g_free(d->vm_id);
+    g_free(d->run_dir);
     d->vm_id = g_strdup_printf("vm-%d-%" G_GUINT64_FORMAT, (int)getpid(), ++self->serial);
     d->run_dir = g_build_filename(self->vms_dir, d->vm_id, NULL);
     if (g_mkdir_with_parents(d->run_dir, 0700) != 0) {
@@ -650,7 +712,7 @@ admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         return;
     }
     d->work_disk = g_strdup_printf("%s/work.%s", d->run_dir,
-                                   qsd_overlay_pool_get_format(self->disks));
+                                   d->l1 ? "qcow2" : qsd_overlay_pool_get_format(self->disks));
     guint64 guest_bytes = (guint64)d->memory_mb << 20;
     SbxCgroupLimits limits = {
         .mem_max = sbx_reservation_get_memory_bytes(d->reservation),
@@ -661,7 +723,7 @@ admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     if (limits.mem_high > limits.mem_max)
         limits.mem_high = 0;
     d->setup_pending = 2;
-    qsd_overlay_pool_take_async(self->disks, d->work_disk, d->cancellable, disk_cb, d);
+    sbx_pool_take_disk_async(self->pool, d->l1, d->work_disk, d->cancellable, disk_cb, d);
     sbx_cgroup_manager_create_async(self->cgroups, d->vm_id, &limits, d->cancellable, cgroup_cb, d);
 }
 
@@ -709,6 +771,7 @@ run_admit(RunData *d)
     admission_config_from(self->cfg, &acfg);
     guint64 mem, cpu;
     vm_cost(self, d->memory_mb, &acfg, &mem, &cpu);
+    (void)sbx_pool_make_room(self->pool, d->language, mem, cpu); /* evict an idle pooled VM */
     sbx_admission_acquire_async(self->admission, mem, cpu, self->cfg->admission_timeout_s * 1000,
                                 d->cancellable, admitted_cb, d);
 }
@@ -749,6 +812,14 @@ sbx_manager_run_async(SbxManager *self, const SbxRunSpec *spec, GOutputStream *o
     RunData *d = run_data_new(self, RUN_KIND_RUN, task, spec, out, err, cancellable);
     d->progress = progress_func;
     d->progress_data = progress_data;
+    /* 2. warm pool hit? the pooled VM comes with its reservation: exec now */
+    if ((d->vm = sbx_pool_take_warm(self->pool, spec, &d->reservation)) != NULL) {
+        g_hash_table_add(self->runs, d);
+        d->vm_id = g_strdup(sbx_vm_get_id(d->vm));
+        d->result->warm_pool_hit = TRUE;
+        run_exec(d);
+        return;
+    }
     run_admit(d);
 }
 
@@ -957,10 +1028,19 @@ qsd_stopped_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 }
 
 static void
+pool_stopped_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    SbxManager *self = user_data;
+    (void)sbx_pool_shutdown_finish(SBX_POOL(source), res, NULL);
+    self->pool_stopping = FALSE;
+    shutdown_continue(self);
+}
+
+static void
 shutdown_continue(SbxManager *self)
 {
     GTask *task = self->shutdown_task;
-    if (task == NULL || g_hash_table_size(self->runs) > 0)
+    if (task == NULL || g_hash_table_size(self->runs) > 0 || self->pool_stopping)
         return;
     self->shutdown_task = NULL;
     if (self->disks)
@@ -985,6 +1065,10 @@ sbx_manager_shutdown_async(SbxManager *self, GAsyncReadyCallback callback, gpoin
     }
     self->shutting_down = TRUE;
     self->shutdown_task = task;
+    if (self->pool) { /* pooled VMs give their reservations back first */
+        self->pool_stopping = TRUE;
+        sbx_pool_shutdown_async(self->pool, pool_stopped_cb, self);
+    }
     if (self->admission)
         sbx_admission_stop(self->admission);
     /* cancelling may complete a run synchronously: never while iterating */
@@ -1019,6 +1103,7 @@ sbx_manager_dispose(GObject *object)
 {
     SbxManager *self = SBX_MANAGER(object);
     g_cancellable_cancel(self->cancellable);
+    g_clear_object(&self->pool);
     g_clear_object(&self->disks);
     g_clear_object(&self->qsd);
     g_clear_object(&self->admission);

@@ -90,8 +90,11 @@ sbx_qemu_build_argv(const char *qemu_binary, const SbxQemuConfig *cfg)
     if (cfg->mem_path) {
         g_autofree char *mp = qemu_escape(cfg->mem_path);
         add(argv, "-object");
-        addf(argv, "memory-backend-file,id=mem0,size=%uM,mem-path=%s,share=%s%s", cfg->memory_mb,
-             mp, cfg->mem_share ? "on" : "off", cfg->mem_share ? "" : ",readonly=on,rom=off");
+        /* share=off is a MAP_PRIVATE mapping: restored VMs share the file's
+         * page-cache pages copy-on-write. No readonly=on: QEMU 7.2 has no
+         * rom= property and would map the guest RAM read-only. */
+        addf(argv, "memory-backend-file,id=mem0,size=%uM,mem-path=%s,share=%s", cfg->memory_mb,
+             mp, cfg->mem_share ? "on" : "off");
     }
     if (cfg->sandbox) {
         add(argv, "-sandbox");

@@ -12,6 +12,7 @@
 
 #include "scheduler/sbx-vm.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -41,6 +42,13 @@ struct _SbxVm {
     SbxCgroup *cgroup;
     gint64 spawn_us;
     gint64 boot_ms;
+    /* L1 (sbx_vm_prestart/restore/save_state) */
+    gboolean prestarted;   /* QEMU waits in -incoming defer with capabilities set */
+    gint64 restore_us;     /* restore started */
+    gint64 restore_ms;
+    GTask *mig_task;       /* save or incoming migration waiting for its MIGRATION event */
+    gulong mig_event_id;
+    guint mig_timer;
     /* boot */
     GTask *boot_task;
     guint boot_pending; /* qmp handshake + agent hello */
@@ -101,6 +109,18 @@ sbx_vm_get_boot_ms(SbxVm *self)
     return self->boot_ms;
 }
 
+gint64
+sbx_vm_get_restore_ms(SbxVm *self)
+{
+    return self->restore_ms;
+}
+
+gboolean
+sbx_vm_is_prestarted(SbxVm *self)
+{
+    return self->prestarted && self->state == SBX_VM_STATE_BOOTING && self->boot_task == NULL;
+}
+
 char *
 sbx_vm_dup_console_tail(SbxVm *self, guint n)
 {
@@ -122,10 +142,19 @@ boot_complete(SbxVm *self, GError *error)
         g_task_return_error(task, error);
         return;
     }
-    self->state = SBX_VM_STATE_READY;
-    self->boot_ms = (g_get_monotonic_time() - self->spawn_us) / 1000;
+    if (g_task_get_source_tag(task) == sbx_vm_prestart_async) {
+        self->prestarted = TRUE; /* stays BOOTING until restored */
+    } else if (g_task_get_source_tag(task) == sbx_vm_restore_async) {
+        self->state = SBX_VM_STATE_READY;
+        self->restore_ms = (g_get_monotonic_time() - self->restore_us) / 1000;
+    } else {
+        self->state = SBX_VM_STATE_READY;
+        self->boot_ms = (g_get_monotonic_time() - self->spawn_us) / 1000;
+    }
     g_task_return_boolean(task, TRUE);
 }
+
+static void mig_complete(SbxVm *self, GError *error);
 
 static GError *
 died_error(SbxVm *self)
@@ -144,6 +173,8 @@ child_exited_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         return;
     if (self->destroying)
         return;
+    if (self->mig_task)
+        mig_complete(self, died_error(self));
     if (self->state == SBX_VM_STATE_BOOTING) {
         self->state = SBX_VM_STATE_DEAD;
         boot_complete(self, died_error(self));
@@ -312,6 +343,388 @@ sbx_vm_boot_finish(SbxVm *self, GAsyncResult *result, GError **error)
     return g_task_propagate_boolean(G_TASK(result), error);
 }
 
+/* ---- L1 templates: prestart, restore, save -------------------------------- */
+
+#define SBX_VM_MIG_FDNAME "sbx-l1-state"
+
+static const char *const mig_caps[] = {"x-ignore-shared", "events", NULL};
+
+static void
+mig_complete(SbxVm *self, GError *error)
+{
+    g_autoptr(GTask) task = g_steal_pointer(&self->mig_task);
+    g_clear_handle_id(&self->mig_timer, g_source_remove);
+    if (self->mig_event_id && self->qmp)
+        g_signal_handler_disconnect(self->qmp, self->mig_event_id);
+    self->mig_event_id = 0;
+    if (task == NULL) {
+        if (error)
+            g_error_free(error);
+        return;
+    }
+    if (error)
+        g_task_return_error(task, error);
+    else
+        g_task_return_boolean(task, TRUE);
+}
+
+static void
+mig_event_cb(QmpClient *qmp, const char *name, JsonObject *data, gint64 ts, gpointer user_data)
+{
+    SbxVm *self = user_data;
+    const char *status = json_object_get_string_member_with_default(data, "status", "");
+    if (g_str_equal(status, "completed"))
+        mig_complete(self, NULL);
+    else if (g_str_equal(status, "failed") || g_str_equal(status, "cancelled"))
+        mig_complete(self, g_error_new(SBX_VM_ERROR, SBX_VM_ERROR_MIGRATION,
+                                       "migration %s", status));
+}
+
+static gboolean
+mig_timeout_cb(gpointer user_data)
+{
+    SbxVm *self = user_data;
+    self->mig_timer = 0;
+    mig_complete(self, g_error_new_literal(SBX_VM_ERROR, SBX_VM_ERROR_MIGRATION,
+                                           "migration did not complete within the timeout"));
+    return G_SOURCE_REMOVE;
+}
+
+static void mig_getfd_cb(GObject *source, GAsyncResult *res, gpointer user_data);
+static void mig_started_cb(GObject *source, GAsyncResult *res, gpointer user_data);
+
+/* getfd @fd, then migrate (out) or migrate-incoming (in) over it; the task
+ * completes on the MIGRATION event "completed". */
+static void
+mig_start(SbxVm *self, int fd, gboolean incoming, guint timeout_ms, GAsyncReadyCallback callback,
+          gpointer user_data)
+{
+    GTask *task = g_task_new(self, self->cancellable, callback, user_data);
+    g_task_set_task_data(task, GINT_TO_POINTER(incoming), NULL);
+    if (self->mig_task != NULL || self->qmp == NULL) {
+        g_task_return_new_error(task, G_IO_ERROR, G_IO_ERROR_BUSY, "a migration is already running");
+        g_object_unref(task);
+        return;
+    }
+    self->mig_task = task;
+    self->mig_event_id = g_signal_connect(self->qmp, "event::MIGRATION", G_CALLBACK(mig_event_cb),
+                                          self);
+    self->mig_timer = g_timeout_add(timeout_ms, mig_timeout_cb, self);
+    qmp_getfd_async(self->qmp, fd, SBX_VM_MIG_FDNAME, self->cancellable, mig_getfd_cb,
+                    g_object_ref(self));
+}
+
+static void
+mig_getfd_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(SbxVm) self = user_data;
+    GError *error = NULL;
+    if (!qmp_getfd_finish(QMP_CLIENT(source), res, &error)) {
+        g_prefix_error(&error, "getfd: ");
+        mig_complete(self, error);
+        return;
+    }
+    if (self->mig_task == NULL)
+        return;
+    gboolean incoming = GPOINTER_TO_INT(g_task_get_task_data(self->mig_task));
+    if (incoming)
+        qmp_migrate_incoming_async(self->qmp, "fd:" SBX_VM_MIG_FDNAME, self->cancellable,
+                                   mig_started_cb, g_object_ref(self));
+    else
+        qmp_migrate_async(self->qmp, "fd:" SBX_VM_MIG_FDNAME, self->cancellable, mig_started_cb,
+                          g_object_ref(self));
+}
+
+static void
+mig_started_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(SbxVm) self = user_data;
+    GError *error = NULL;
+    /* migrate and migrate-incoming share the void reply shape */
+    if (!qmp_migrate_finish(QMP_CLIENT(source), res, &error)) {
+        g_prefix_error(&error, "migrate: ");
+        mig_complete(self, error);
+    }
+}
+
+static gboolean
+mig_finish(SbxVm *self, GAsyncResult *res, GError **error)
+{
+    return g_task_propagate_boolean(G_TASK(res), error);
+}
+
+/* -- prestart: spawn with -incoming defer, QMP, capabilities -- */
+
+static void
+prestart_caps_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(SbxVm) self = user_data;
+    GError *error = NULL;
+    if (!qmp_migrate_set_capabilities_finish(QMP_CLIENT(source), res, &error))
+        g_prefix_error(&error, "migrate-set-capabilities: ");
+    boot_complete(self, error);
+}
+
+static void
+prestart_qmp_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(SbxVm) self = user_data;
+    GError *error = NULL;
+    if (!qmp_client_connect_finish(QMP_CLIENT(source), res, NULL, &error)) {
+        g_prefix_error(&error, "QMP: ");
+        boot_part_done(self, error);
+        return;
+    }
+    if (self->boot_task == NULL)
+        return;
+    qmp_migrate_set_capabilities_async(self->qmp, mig_caps, TRUE, self->cancellable,
+                                       prestart_caps_cb, g_object_ref(self));
+}
+
+static void
+prestart_begin(SbxVm *self, const SbxVmParams *params, GTask *task)
+{
+    GError *error = NULL;
+    SbxVmParams p = *params;
+    self->boot_task = task;
+    self->state = SBX_VM_STATE_BOOTING;
+    p.qemu_cfg.incoming_defer = TRUE;
+    if (!boot_spawn(self, &p, &error)) {
+        boot_complete(self, error);
+        return;
+    }
+    self->boot_pending = 1;
+    self->boot_timer = g_timeout_add(params->boot_timeout_ms, boot_timeout_cb, self);
+    qmp_client_connect_async(self->qmp, SBX_VM_QMP_TIMEOUT_MS, self->cancellable, prestart_qmp_cb,
+                             g_object_ref(self));
+}
+
+void
+sbx_vm_prestart_async(SbxVm *self, const SbxVmParams *params, GCancellable *cancellable,
+                      GAsyncReadyCallback callback, gpointer user_data)
+{
+    g_return_if_fail(self->state == SBX_VM_STATE_NEW);
+    GTask *task = g_task_new(self, cancellable, callback, user_data);
+    g_task_set_source_tag(task, sbx_vm_prestart_async);
+    if (cancellable)
+        g_cancellable_connect(cancellable, G_CALLBACK(g_cancellable_cancel),
+                              g_object_ref(self->cancellable), g_object_unref);
+    prestart_begin(self, params, task);
+}
+
+gboolean
+sbx_vm_prestart_finish(SbxVm *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
+    return g_task_propagate_boolean(G_TASK(result), error);
+}
+
+/* -- restore: migrate-incoming, cont, agent ping + CRNG reseed -- */
+
+typedef struct {
+    int state_fd;
+    guint timeout_ms;
+    guint agent_pending;
+} RestoreData;
+
+static void
+restore_data_free(RestoreData *r)
+{
+    if (r->state_fd >= 0)
+        close(r->state_fd);
+    g_free(r);
+}
+
+static void restore_incoming(SbxVm *self);
+
+static void
+restore_agent_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(SbxVm) self = user_data;
+    GError *error = NULL;
+    gboolean ok = g_task_get_source_tag(G_TASK(res)) == sbx_guest_ping_async
+                      ? sbx_guest_ping_finish(SBX_GUEST(source), res, &error)
+                      : sbx_guest_reseed_finish(SBX_GUEST(source), res, &error);
+    if (!ok)
+        g_prefix_error(&error, "guest agent after restore: ");
+    boot_part_done(self, error);
+}
+
+static void
+restore_cont_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(SbxVm) self = user_data;
+    GError *error = NULL;
+    if (!qmp_cont_finish(QMP_CLIENT(source), res, &error)) {
+        g_prefix_error(&error, "cont: ");
+        boot_part_done(self, error);
+        return;
+    }
+    if (self->boot_task == NULL)
+        return;
+    /* The template's agent was connected when saved and still is: it answers
+     * at once (it sends a hello first only if it had seen a disconnect). The
+     * reseed goes before any exec: clones of one template share CRNG state. */
+    self->boot_pending = 2;
+    sbx_guest_ping_async(self->guest, self->cancellable, restore_agent_cb, g_object_ref(self));
+    sbx_guest_reseed_async(self->guest, NULL, self->cancellable, restore_agent_cb,
+                           g_object_ref(self));
+}
+
+static void
+restore_migrated_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(SbxVm) self = user_data;
+    GError *error = NULL;
+    if (!mig_finish(self, res, &error)) {
+        g_prefix_error(&error, "loading the template's device state: ");
+        boot_part_done(self, error);
+        return;
+    }
+    if (self->boot_task == NULL)
+        return;
+    qmp_cont_async(self->qmp, self->cancellable, restore_cont_cb, g_object_ref(self));
+}
+
+static void
+restore_incoming(SbxVm *self)
+{
+    RestoreData *r = g_task_get_task_data(self->boot_task);
+    mig_start(self, r->state_fd, TRUE, r->timeout_ms, restore_migrated_cb, g_object_ref(self));
+}
+
+static void
+restore_prestarted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    GTask *task = user_data; /* the restore task, owned here */
+    SbxVm *self = g_task_get_source_object(task);
+    GError *error = NULL;
+    if (!sbx_vm_prestart_finish(self, res, &error)) {
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    self->boot_task = task;
+    self->boot_timer = g_timeout_add(((RestoreData *)g_task_get_task_data(task))->timeout_ms,
+                                     boot_timeout_cb, self);
+    restore_incoming(self);
+}
+
+void
+sbx_vm_restore_async(SbxVm *self, const SbxVmParams *params, int state_fd,
+                     GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data)
+{
+    GTask *task = g_task_new(self, cancellable, callback, user_data);
+    g_task_set_source_tag(task, sbx_vm_restore_async);
+    RestoreData *r = g_new0(RestoreData, 1);
+    r->state_fd = fcntl(state_fd, F_DUPFD_CLOEXEC, 3);
+    r->timeout_ms = params ? params->boot_timeout_ms : 30000;
+    g_task_set_task_data(task, r, (GDestroyNotify)restore_data_free);
+    self->restore_us = g_get_monotonic_time();
+    if (r->state_fd < 0) {
+        int e = errno;
+        g_task_return_new_error(task, G_IO_ERROR, g_io_error_from_errno(e), "dup: %s",
+                                g_strerror(e));
+        g_object_unref(task);
+        return;
+    }
+    if (cancellable)
+        g_cancellable_connect(cancellable, G_CALLBACK(g_cancellable_cancel),
+                              g_object_ref(self->cancellable), g_object_unref);
+    if (self->state == SBX_VM_STATE_NEW) {
+        g_return_if_fail(params != NULL);
+        /* not pre-started: spawn now, then restore */
+        GTask *pre = g_task_new(self, NULL, restore_prestarted_cb, task);
+        g_task_set_source_tag(pre, sbx_vm_prestart_async);
+        prestart_begin(self, params, pre);
+        return;
+    }
+    if (!sbx_vm_is_prestarted(self)) {
+        g_task_return_new_error(task, SBX_VM_ERROR, SBX_VM_ERROR_DIED,
+                                "the pre-started QEMU is not waiting for a migration");
+        g_object_unref(task);
+        return;
+    }
+    self->boot_task = task;
+    self->boot_timer = g_timeout_add(r->timeout_ms, boot_timeout_cb, self);
+    restore_incoming(self);
+}
+
+gboolean
+sbx_vm_restore_finish(SbxVm *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
+    return g_task_propagate_boolean(G_TASK(result), error);
+}
+
+/* -- save: stop, capabilities, migrate fd: -- */
+
+static void
+save_migrated_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    GTask *task = user_data;
+    GError *error = NULL;
+    if (!mig_finish(SBX_VM(source), res, &error))
+        g_task_return_error(task, error);
+    else
+        g_task_return_boolean(task, TRUE);
+    g_object_unref(task);
+}
+
+static void
+save_caps_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    GTask *task = user_data;
+    SbxVm *self = g_task_get_source_object(task);
+    GError *error = NULL;
+    if (!qmp_migrate_set_capabilities_finish(QMP_CLIENT(source), res, &error)) {
+        g_prefix_error(&error, "migrate-set-capabilities: ");
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    mig_start(self, GPOINTER_TO_INT(g_task_get_task_data(task)), FALSE, 60000, save_migrated_cb,
+              task);
+}
+
+static void
+save_stopped_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    GTask *task = user_data;
+    SbxVm *self = g_task_get_source_object(task);
+    GError *error = NULL;
+    if (!qmp_stop_finish(QMP_CLIENT(source), res, &error)) {
+        g_prefix_error(&error, "stop: ");
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    qmp_migrate_set_capabilities_async(self->qmp, mig_caps, TRUE, self->cancellable, save_caps_cb,
+                                       task);
+}
+
+void
+sbx_vm_save_state_async(SbxVm *self, int fd, GCancellable *cancellable,
+                        GAsyncReadyCallback callback, gpointer user_data)
+{
+    GTask *task = g_task_new(self, cancellable, callback, user_data);
+    g_task_set_source_tag(task, sbx_vm_save_state_async);
+    g_task_set_task_data(task, GINT_TO_POINTER(fd), NULL);
+    if (self->state != SBX_VM_STATE_READY || self->qmp == NULL) {
+        g_task_return_new_error(task, SBX_VM_ERROR, SBX_VM_ERROR_DIED, "the VM is not running");
+        g_object_unref(task);
+        return;
+    }
+    qmp_stop_async(self->qmp, self->cancellable, save_stopped_cb, task);
+}
+
+gboolean
+sbx_vm_save_state_finish(SbxVm *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
+    return g_task_propagate_boolean(G_TASK(result), error);
+}
+
 /* ---- destroy ------------------------------------------------------------ */
 
 static void
@@ -414,6 +827,9 @@ sbx_vm_destroy_async(SbxVm *self, GAsyncReadyCallback callback, gpointer user_da
     if (self->boot_task)
         boot_complete(self, g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED,
                                                 "the VM was destroyed while booting"));
+    if (self->mig_task)
+        mig_complete(self, g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                                               "the VM was destroyed during a migration"));
     g_cancellable_cancel(self->cancellable);
 
     /* 1. guest channel */
@@ -448,6 +864,7 @@ sbx_vm_dispose(GObject *object)
     SbxVm *self = SBX_VM(object);
     g_cancellable_cancel(self->cancellable);
     g_clear_handle_id(&self->boot_timer, g_source_remove);
+    mig_complete(self, NULL);
     /* Last line of defence: a VM dropped without destroy still dies. */
     if (self->child && !sbx_child_has_exited(self->child))
         sbx_child_kill(self->child, SIGKILL);

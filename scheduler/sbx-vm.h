@@ -23,6 +23,7 @@ typedef enum {
     SBX_VM_ERROR_SPAWN,        /* QEMU could not be started */
     SBX_VM_ERROR_DIED,         /* QEMU exited (message has the console tail) */
     SBX_VM_ERROR_BOOT_TIMEOUT, /* no agent hello within the boot timeout */
+    SBX_VM_ERROR_MIGRATION,    /* saving or loading the device state failed */
 } SbxVmError;
 
 typedef enum {
@@ -63,6 +64,31 @@ char *sbx_vm_dup_console_tail(SbxVm *self, guint n);
 void sbx_vm_boot_async(SbxVm *self, const SbxVmParams *params, GCancellable *cancellable,
                        GAsyncReadyCallback callback, gpointer user_data);
 gboolean sbx_vm_boot_finish(SbxVm *self, GAsyncResult *result, GError **error);
+
+/* ---- L1 templates (docs/snapshots.md) ----
+ * Prestart: start QEMU with -incoming defer (params->qemu_cfg describes the
+ * template's machine: mem_path = its RAM file, mem_share FALSE = MAP_PRIVATE),
+ * connect QMP and set x-ignore-shared + events. The VM stays BOOTING. */
+void sbx_vm_prestart_async(SbxVm *self, const SbxVmParams *params, GCancellable *cancellable,
+                           GAsyncReadyCallback callback, gpointer user_data);
+gboolean sbx_vm_prestart_finish(SbxVm *self, GAsyncResult *result, GError **error);
+/* TRUE while a pre-started QEMU waits for its device state. */
+gboolean sbx_vm_is_prestarted(SbxVm *self);
+/* Restore: (prestart first when the VM is NEW; @params may be NULL otherwise)
+ * migrate-incoming from @state_fd (borrowed, duplicated), cont, agent ping and
+ * CRNG reseed. READY afterwards; on failure destroy the VM. */
+void sbx_vm_restore_async(SbxVm *self, const SbxVmParams *params, int state_fd,
+                          GCancellable *cancellable, GAsyncReadyCallback callback,
+                          gpointer user_data);
+gboolean sbx_vm_restore_finish(SbxVm *self, GAsyncResult *result, GError **error);
+/* Milliseconds from sbx_vm_restore_async to an answering agent. */
+gint64 sbx_vm_get_restore_ms(SbxVm *self);
+/* Template build: stop the guest and write its device state (x-ignore-shared:
+ * the RAM stays in the share=on RAM file) to @fd (borrowed). The VM is left
+ * stopped; destroy it afterwards. */
+void sbx_vm_save_state_async(SbxVm *self, int fd, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data);
+gboolean sbx_vm_save_state_finish(SbxVm *self, GAsyncResult *result, GError **error);
 
 /* Release everything: guest channel, QMP quit with a short deadline, SIGKILL,
  * confirmed death, work disk and run dir removed, cgroup removed. Idempotent. */

@@ -109,7 +109,7 @@ test_work_disk_ram_file_and_netdev(void **state)
     assert_true(has_pair(argv, "-device", "virtio-blk-device,drive=work,serial=sbx-work"));
     assert_true(has_pair(argv, "-object",
                          "memory-backend-file,id=mem0,size=512M,mem-path=/dev/shm/tpl.ram,"
-                         "share=off,readonly=on,rom=off"));
+                         "share=off"));
     int m = opt_index(argv, "-M");
     assert_non_null(strstr(argv[m], "memory-backend=mem0"));
     assert_true(has_pair(argv, "-incoming", "defer"));
