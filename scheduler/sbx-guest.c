@@ -46,7 +46,9 @@ typedef struct {
     GTask *task;
     gulong cancel_id;
     guint cancel_idle;
-    /* exec */
+    /* exec (the guest is not trusted: the host enforces the output caps too) */
+    guint64 out_total, err_total;
+    gboolean out_trunc, err_trunc;
     SbxGuestOutputFunc output;
     gpointer output_data;
     GDestroyNotify output_destroy;
@@ -379,16 +381,26 @@ handle_exec_frame(SbxGuest *self, Req *r, SbxFrame *f)
     const guint8 *data = g_bytes_get_data(f->payload, &len);
 
     if (g_str_equal(f->type, "stdout") || g_str_equal(f->type, "stderr")) {
-        if (r->output && len > 0)
-            r->output(g_str_equal(f->type, "stdout") ? SBX_GUEST_STDOUT : SBX_GUEST_STDERR, data,
-                      len, r->output_data);
+        gboolean is_out = g_str_equal(f->type, "stdout");
+        guint64 *total = is_out ? &r->out_total : &r->err_total;
+        guint64 limit = is_out ? SBX_MAX_STDOUT_BYTES : SBX_MAX_STDERR_BYTES;
+        gsize take = *total >= limit ? 0 : (gsize)MIN((guint64)len, limit - *total);
+        if (take < len) {
+            if (is_out)
+                r->out_trunc = TRUE;
+            else
+                r->err_trunc = TRUE;
+        }
+        *total += take;
+        if (r->output && take > 0)
+            r->output(is_out ? SBX_GUEST_STDOUT : SBX_GUEST_STDERR, data, take, r->output_data);
     } else if (g_str_equal(f->type, "exit")) {
         SbxGuestExecResult *res = g_new0(SbxGuestExecResult, 1);
         g_autoptr(GTask) task = NULL;
         res->exit_code = (int)sbx_frame_get_int(f, "exit_code", -1);
         res->timed_out = sbx_frame_get_bool(f, "timed_out", FALSE);
-        res->stdout_truncated = sbx_frame_get_bool(f, "stdout_truncated", FALSE);
-        res->stderr_truncated = sbx_frame_get_bool(f, "stderr_truncated", FALSE);
+        res->stdout_truncated = sbx_frame_get_bool(f, "stdout_truncated", FALSE) || r->out_trunc;
+        res->stderr_truncated = sbx_frame_get_bool(f, "stderr_truncated", FALSE) || r->err_trunc;
         res->retire = sbx_frame_get_bool(f, "retire", FALSE);
         res->stdout_bytes = (guint64)sbx_frame_get_int(f, "stdout_bytes", 0);
         res->stderr_bytes = (guint64)sbx_frame_get_int(f, "stderr_bytes", 0);
@@ -522,7 +534,21 @@ dispatch(SbxGuest *self, SbxFrame *f)
         return;
     case REQ_READ:
         if (g_str_equal(f->type, "file_chunk") && !r->end_seen) {
-            r->received += g_bytes_get_size(f->payload);
+            gsize len = g_bytes_get_size(f->payload);
+            if (r->received + len > SBX_MAX_FILE_BYTES ||
+                r->received + len - r->written > READ_WINDOW + SBX_FRAME_MAX_PAYLOAD) {
+                /* Over the file limit or past the credit we gave: refuse to buffer it. */
+                JsonObject *h = sbx_frame_header_new("cancel", ++self->next_id);
+                json_object_set_int_member(h, "target", r->id);
+                send_frame(self, h, NULL, 0);
+                req_fail(self, r, g_error_new(SBX_GUEST_ERROR,
+                                              r->received + len > SBX_MAX_FILE_BYTES
+                                                  ? SBX_GUEST_ERROR_TOO_LARGE
+                                                  : SBX_GUEST_ERROR_PROTOCOL,
+                                              "the guest sent more file data than allowed"));
+                return;
+            }
+            r->received += len;
             g_queue_push_tail(&r->chunks, g_bytes_ref(f->payload));
             read_pump(self, r);
             return;
