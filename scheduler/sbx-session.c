@@ -161,7 +161,7 @@ check_path(const char *path, gboolean allow_root, GError **error)
     g_autoptr(GError) cause = NULL;
     if (!sbx_validate_path(path, strlen(path), allow_root, &cause)) {
         g_set_error(error, SBX_ERROR, SBX_ERROR_INVALID_INPUT,
-                    "bad guest path '%s': %s (paths are relative to /home/user)", path,
+                    "bad guest path '%s': %s", path,
                     cause->message);
         return FALSE;
     }
