@@ -861,6 +861,9 @@ gvp_network_start_async(GvpNetwork *self, const GvpNetworkSpec *spec, GCancellab
 {
     GTask *task = g_task_new(self, cancellable, callback, user_data);
     g_task_set_source_tag(task, gvp_network_start_async);
+    /* a helper that started is reported even when the caller cancelled, so
+     * that the caller stops it (it is in the VM's cgroup) */
+    g_task_set_check_cancellable(task, FALSE);
     StartData *sd = g_new0(StartData, 1);
     sd->qemu_fd = sd->passt_fd = -1;
     sd->cgroup_procs = g_strdupv((char **)spec->cgroup_procs);

@@ -23,6 +23,7 @@
 #include "scheduler/sbx-orphans.h"
 #include "scheduler/sbx-pool.h"
 #include "scheduler/sbx-session.h"
+#include "scheduler/sbx-network.h"
 #include "scheduler/sbx-vm.h"
 
 #define SBX_OUTPUT_QUEUE_MAX (4 * 1024 * 1024)
@@ -42,6 +43,7 @@ struct _SbxManager {
     SbxAdmission *admission;
     QsdDaemon *qsd;
     QsdOverlayPool *disks;
+    GvpContext *net;   /* network helpers (sbx-network.c) */
     SbxPool *pool;     /* L1 templates + warm pool (sbx-pool.c) */
     gboolean pool_stopping;
     GHashTable *runs;  /* RunData* set: in flight, and the VMs sessions hold */
@@ -260,6 +262,14 @@ sbx_manager_start_async(SbxManager *self, GCancellable *cancellable, GAsyncReady
     for (guint i = 0; i < reaped->len; i++)
         g_info("orphan cleanup: %s", (const char *)g_ptr_array_index(reaped, i));
 
+    self->net = gvp_context_new(g_getenv("SBX_NET_RESOLVE"), &error);
+    if (self->net == NULL) {
+        g_prefix_error(&error, "SBX_NET_RESOLVE: ");
+        g_task_return_error(task, error);
+        g_object_unref(task);
+        return;
+    }
+    g_info("network: %s", gvp_context_describe(self->net));
     self->tsc_khz = sbx_qemu_read_tsc_khz("/proc/cpuinfo");
     SbxProbeOptions opts = {0};
     opts.raise_limits = TRUE;
@@ -315,6 +325,7 @@ struct _RunData {
     SbxReservation *reservation;
     SbxCgroup *cgroup;
     SbxVm *vm;
+    SbxRunNet *net;         /* NULL: no NIC */
     SbxTemplate *l1;        /* restoring from this L1 template (sbx-pool.c) */
     char *vm_id;
     char *run_dir;
@@ -333,6 +344,8 @@ struct _RunData {
 
 static void run_finish(RunData *d);
 static void run_teardown(RunData *d);
+static void setup_done(RunData *d);
+static void run_net_stopped_cb(GObject *source, GAsyncResult *res, gpointer user_data);
 static void shutdown_continue(SbxManager *self);
 
 static void
@@ -352,6 +365,7 @@ run_data_free(RunData *d)
     g_free(d->run_dir);
     g_free(d->work_disk);
     g_clear_pointer(&d->result, sbx_run_result_free);
+    g_clear_pointer(&d->net, sbx_run_net_free);
     g_clear_error(&d->error);
     g_clear_object(&d->cancellable);
     g_free(d);
@@ -464,6 +478,10 @@ vm_destroyed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 static void
 run_teardown(RunData *d)
 {
+    if (d->net && !sbx_run_net_is_stopped(d->net)) {
+        sbx_run_net_stop_async(d->net, run_net_stopped_cb, d);
+        return;
+    }
     if (d->result)
         d->result->timing.exec_ms = stage_ms(d);
     progress(d, SBX_RUN_STAGE_TEARDOWN);
@@ -619,6 +637,35 @@ restore_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     run_exec(d);
 }
 
+/* network hooks (sbx-network.c): the helper starts in the VM's cgroup before
+ * QEMU, its death fails the run, and it stops before the cgroup is removed */
+static void
+run_net_started_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    GError *error = NULL;
+    if (!sbx_run_net_start_finish(d->net, res, &error))
+        run_set_error(d, error);
+    d->setup_pending = 1;
+    setup_done(d);
+}
+
+static void
+run_net_died(GError *error, gpointer user_data)
+{
+    RunData *d = user_data;
+    run_set_error(d, error);
+    g_cancellable_cancel(d->cancellable);
+}
+
+static void
+run_net_stopped_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    RunData *d = user_data;
+    sbx_run_net_stop_finish(d->net, res);
+    run_teardown(d);
+}
+
 static void
 setup_done(RunData *d)
 {
@@ -631,6 +678,11 @@ setup_done(RunData *d)
         run_teardown(d);
         return;
     }
+    if (d->net && !sbx_run_net_is_started(d->net)) {
+        sbx_run_net_start_async(d->net, d->vm_id, d->run_dir, d->cgroup, run_net_died, d,
+                                d->cancellable, run_net_started_cb, d);
+        return;
+    }
     d->result->timing.setup_ms = stage_ms(d);
     progress(d, SBX_RUN_STAGE_BOOT);
 
@@ -639,6 +691,8 @@ setup_done(RunData *d)
     p.run_dir = d->run_dir;
     p.work_disk = d->work_disk;
     p.cgroup = d->cgroup;
+    if (d->net)
+        sbx_run_net_apply(d->net, &p, d->result);
     d->vm = sbx_vm_new(d->vm_id);
     if (d->l1) { /* 4. L1 restore (a failure falls back to a cold boot: restore_cb) */
         sbx_pool_l1_vm_params(self->pool, d->l1, &p);
@@ -689,7 +743,7 @@ admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     }
     d->result->timing.admission_ms = (gint64)sbx_reservation_get_admission_ms(d->reservation);
     (void)stage_ms(d);
-    d->l1 = sbx_pool_l1_lookup(self->pool, d->language, d->memory_mb);
+    d->l1 = d->net ? NULL : sbx_pool_l1_lookup(self->pool, d->language, d->memory_mb);
     run_setup(d);
 }
 
@@ -757,6 +811,8 @@ run_data_new(SbxManager *self, RunKind kind, GTask *task, const SbxRunSpec *spec
     if (cancellable)
         d->cancel_id = g_cancellable_connect(cancellable, G_CALLBACK(run_cancelled_cb), d, NULL);
     d->t0 = d->t_stage = g_get_monotonic_time();
+    if (d->kind != RUN_KIND_SESSION_EXEC) /* a session exec uses its VM's network */
+        d->net = sbx_run_net_new(self->net, spec);
     return d;
 }
 
@@ -813,7 +869,8 @@ sbx_manager_run_async(SbxManager *self, const SbxRunSpec *spec, GOutputStream *o
     d->progress = progress_func;
     d->progress_data = progress_data;
     /* 2. warm pool hit? the pooled VM comes with its reservation: exec now */
-    if ((d->vm = sbx_pool_take_warm(self->pool, spec, &d->reservation)) != NULL) {
+    if (spec->network == GVP_MODE_NONE && /* pooled VMs have no NIC */
+        (d->vm = sbx_pool_take_warm(self->pool, spec, &d->reservation)) != NULL) {
         g_hash_table_add(self->runs, d);
         d->vm_id = g_strdup(sbx_vm_get_id(d->vm));
         d->result->warm_pool_hit = TRUE;
@@ -1108,6 +1165,7 @@ sbx_manager_dispose(GObject *object)
     g_clear_object(&self->qsd);
     g_clear_object(&self->admission);
     g_clear_object(&self->cgroups);
+    g_clear_object(&self->net);
     G_OBJECT_CLASS(sbx_manager_parent_class)->dispose(object);
 }
 

@@ -19,6 +19,7 @@ sbx_run_spec_new(const SbxConfig *cfg)
     spec->timeout_s = cfg ? cfg->default_timeout_s : 30;
     spec->memory_mb = cfg ? cfg->default_memory_mb : 512;
     spec->env = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    spec->expose = g_array_new(FALSE, FALSE, sizeof(GvpPort));
     return spec;
 }
 
@@ -29,6 +30,8 @@ sbx_run_spec_free(SbxRunSpec *spec)
         return;
     g_clear_pointer(&spec->code, g_bytes_unref);
     g_hash_table_unref(spec->env);
+    g_strfreev(spec->allow_domains);
+    g_array_unref(spec->expose);
     g_free(spec);
 }
 
@@ -69,6 +72,9 @@ sbx_run_spec_validate(const SbxRunSpec *spec, const SbxConfig *cfg, gboolean nee
     }
     if (!sbx_validate_env(spec->env, &cause))
         return invalid(error, cause);
+    if (!gvp_request_validate(spec->network, (const char *const *)spec->allow_domains,
+                              (const GvpPort *)spec->expose->data, spec->expose->len, &cause))
+        return invalid(error, cause);
     return TRUE;
 }
 
@@ -107,12 +113,24 @@ sbx_run_spec_from_variant(SbxRunSpec *spec, GVariant *dict, GError **error)
             while (g_variant_iter_next(&ei, "{&s&s}", &k, &val))
                 g_hash_table_replace(spec->env, g_strdup(k), g_strdup(val));
         } else if (strcmp(key, "network") == 0 && g_variant_is_of_type(v, G_VARIANT_TYPE_STRING)) {
-            if (strcmp(g_variant_get_string(v, NULL), "none") != 0) {
-                g_set_error(error, SBX_ERROR, SBX_ERROR_INVALID_INPUT,
-                            "network mode '%s' is not available yet: only 'none'",
-                            g_variant_get_string(v, NULL));
-                return FALSE;
-            }
+            GError *cause = NULL;
+            if (!gvp_mode_from_string(g_variant_get_string(v, NULL), &spec->network, &cause))
+                return invalid(error, cause);
+        } else if (strcmp(key, "allow_domains") == 0 &&
+                   g_variant_is_of_type(v, G_VARIANT_TYPE_STRING_ARRAY)) {
+            g_strfreev(spec->allow_domains);
+            spec->allow_domains = g_variant_dup_strv(v, NULL);
+        } else if (strcmp(key, "allow_http") == 0 &&
+                   g_variant_is_of_type(v, G_VARIANT_TYPE_BOOLEAN)) {
+            spec->allow_http = g_variant_get_boolean(v);
+        } else if (strcmp(key, "expose") == 0 && g_variant_is_of_type(v, G_VARIANT_TYPE("a(qq)"))) {
+            GVariantIter pi;
+            GvpPort p;
+            g_array_set_size(spec->expose, 0);
+            g_variant_iter_init(&pi, v);
+            while (g_variant_iter_next(&pi, "(qq)", &p.internal, &p.external) &&
+                   spec->expose->len <= GVP_MAX_PORTS)
+                g_array_append_val(spec->expose, p);
         } else {
             g_set_error(error, SBX_ERROR, SBX_ERROR_INVALID_INPUT,
                         "unknown or ill-typed key '%s' (type %s) in the request", key,
@@ -146,6 +164,22 @@ sbx_run_spec_to_variant(const SbxRunSpec *spec)
     while (g_hash_table_iter_next(&it, &k, &v))
         g_variant_builder_add(&env, "{ss}", (const char *)k, (const char *)v);
     g_variant_builder_add(&b, "{sv}", "env", g_variant_builder_end(&env));
+    if (spec->network != GVP_MODE_NONE) {
+        GVariantBuilder ports;
+        g_variant_builder_add(&b, "{sv}", "network",
+                              g_variant_new_string(gvp_mode_to_string(spec->network)));
+        g_variant_builder_init(&ports, G_VARIANT_TYPE("a(qq)"));
+        for (guint i = 0; i < spec->expose->len; i++) {
+            const GvpPort *p = &g_array_index(spec->expose, GvpPort, i);
+            g_variant_builder_add(&ports, "(qq)", p->internal, p->external);
+        }
+        g_variant_builder_add(&b, "{sv}", "expose", g_variant_builder_end(&ports));
+    }
+    if (spec->allow_domains)
+        g_variant_builder_add(&b, "{sv}", "allow_domains",
+                              g_variant_new_strv((const char *const *)spec->allow_domains, -1));
+    if (spec->allow_http)
+        g_variant_builder_add(&b, "{sv}", "allow_http", g_variant_new_boolean(TRUE));
     return g_variant_builder_end(&b);
 }
 
@@ -155,6 +189,7 @@ sbx_run_result_new(void)
     SbxRunResult *r = g_new0(SbxRunResult, 1);
     r->output_limit = g_strdup("");
     r->accel = g_strdup("tcg");
+    r->exposed_ports = g_array_new(FALSE, FALSE, sizeof(GvpPort));
     return r;
 }
 
@@ -165,11 +200,13 @@ sbx_run_result_free(SbxRunResult *result)
         return;
     g_free(result->output_limit);
     g_free(result->accel);
+    g_array_unref(result->exposed_ports);
     g_free(result);
 }
 
 #define TIMING_FIELDS(X)                                                                           \
-    X(admission_ms) X(setup_ms) X(boot_ms) X(restore_ms) X(exec_ms) X(teardown_ms) X(total_ms)
+    X(admission_ms) X(setup_ms) X(boot_ms) X(restore_ms) X(exec_ms) X(teardown_ms) X(total_ms)     \
+        X(network_ms)
 
 GVariant *
 sbx_run_result_to_variant(const SbxRunResult *r)
@@ -189,8 +226,14 @@ sbx_run_result_to_variant(const SbxRunResult *r)
     g_variant_builder_add(&b, "{sv}", "accel", g_variant_new_string(r->accel));
     g_variant_builder_add(&b, "{sv}", "cpu_ms", g_variant_new_uint64(r->cpu_ms));
     g_variant_builder_add(&b, "{sv}", "memory_peak_mb", g_variant_new_uint64(r->memory_peak_mb));
-    g_variant_builder_add(&b, "{sv}", "exposed_ports",
-                          g_variant_new_array(G_VARIANT_TYPE("(qqs)"), NULL, 0));
+    GVariantBuilder ports;
+    g_variant_builder_init(&ports, G_VARIANT_TYPE("a(qqs)"));
+    for (guint i = 0; i < r->exposed_ports->len; i++) {
+        const GvpPort *p = &g_array_index(r->exposed_ports, GvpPort, i);
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u", p->external);
+        g_variant_builder_add(&ports, "(qqs)", p->internal, p->external, url);
+    }
+    g_variant_builder_add(&b, "{sv}", "exposed_ports", g_variant_builder_end(&ports));
     return g_variant_builder_end(&b);
 }
 
@@ -218,6 +261,14 @@ sbx_run_result_from_variant(SbxRunResult *r, GVariant *dict, GError **error)
     g_variant_lookup(dict, "l1_hit", "b", &r->l1_hit);
     g_variant_lookup(dict, "cpu_ms", "t", &r->cpu_ms);
     g_variant_lookup(dict, "memory_peak_mb", "t", &r->memory_peak_mb);
+    g_autoptr(GVariant) ports = g_variant_lookup_value(dict, "exposed_ports", G_VARIANT_TYPE("a(qqs)"));
+    if (ports) {
+        GVariantIter pi;
+        GvpPort p;
+        g_variant_iter_init(&pi, ports);
+        while (g_variant_iter_next(&pi, "(qq&s)", &p.internal, &p.external, NULL))
+            g_array_append_val(r->exposed_ports, p);
+    }
     timing = g_variant_lookup_value(dict, "timing", G_VARIANT_TYPE("a{st}"));
     if (timing) {
         guint64 v;
@@ -259,5 +310,17 @@ sbx_run_result_add_json(const SbxRunResult *r, JsonBuilder *b)
     json_builder_add_int_value(b, (gint64)r->memory_peak_mb);
     json_builder_set_member_name(b, "exposed_ports");
     json_builder_begin_array(b);
+    for (guint i = 0; i < r->exposed_ports->len; i++) {
+        const GvpPort *p = &g_array_index(r->exposed_ports, GvpPort, i);
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u", p->external);
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "internal");
+        json_builder_add_int_value(b, p->internal);
+        json_builder_set_member_name(b, "external");
+        json_builder_add_int_value(b, p->external);
+        json_builder_set_member_name(b, "url");
+        json_builder_add_string_value(b, url);
+        json_builder_end_object(b);
+    }
     json_builder_end_array(b);
 }

@@ -11,6 +11,7 @@
 #include <json-glib/json-glib.h>
 
 #include "common/sbx-validate.h"
+#include "gvproxy-glue/gvp-policy.h"
 #include "scheduler/sbx-config.h"
 
 G_BEGIN_DECLS
@@ -21,6 +22,11 @@ typedef struct {
     guint timeout_s;
     guint memory_mb;
     GHashTable *env; /* char* -> char*, owned; may be empty, never NULL */
+    /* network (docs/networking.md): mode, allow-list (mode ALLOW), exposed TCP ports */
+    GvpMode network;
+    char **allow_domains; /* NULL-terminated, owned; NULL: none */
+    gboolean allow_http;  /* mode ALLOW: plain HTTP by Host header as well */
+    GArray *expose;       /* GvpPort, owned; never NULL */
 } SbxRunSpec;
 
 SbxRunSpec *sbx_run_spec_new(const SbxConfig *cfg);
@@ -44,6 +50,7 @@ typedef struct {
     gint64 exec_ms;
     gint64 teardown_ms;
     gint64 total_ms;
+    gint64 network_ms; /* network helper start-up (part of setup; 0 without network) */
 } SbxTimings;
 
 typedef struct {
@@ -56,6 +63,7 @@ typedef struct {
     char *accel;
     guint64 cpu_ms;
     guint64 memory_peak_mb;
+    GArray *exposed_ports; /* GvpPort with the bound external port; never NULL */
 } SbxRunResult;
 
 SbxRunResult *sbx_run_result_new(void);

@@ -286,6 +286,16 @@ boot_spawn(SbxVm *self, const SbxVmParams *params, GError **error)
         sbx_spawn_spec_add_arg(spec, argv[i]);
     sbx_spawn_spec_take_fd(spec, sbx_steal_fd(&qmp_theirs), SBX_QEMU_FD_QMP);
     sbx_spawn_spec_take_fd(spec, sbx_steal_fd(&agent_theirs), SBX_QEMU_FD_AGENT);
+    if (qcfg.with_netdev) {
+        int net_fd = fcntl(params->net_fd, F_DUPFD_CLOEXEC, 3);
+        if (net_fd < 0) {
+            int e = errno;
+            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "network fd: %s",
+                        g_strerror(e));
+            return FALSE;
+        }
+        sbx_spawn_spec_take_fd(spec, net_fd, SBX_QEMU_FD_NET);
+    }
     sbx_spawn_spec_set_console_size(spec, SBX_VM_CONSOLE_BYTES);
     if (self->cgroup) {
         GPtrArray *procs = sbx_cgroup_get_procs_files(self->cgroup);

@@ -42,6 +42,8 @@ typedef struct {
     const char *work_format;
     SbxCgroup *cgroup;         /* already created, nullable; the VM destroys it */
     guint boot_timeout_ms;
+    int net_fd;                /* with qemu_cfg.with_netdev: QEMU's end of the network
+                                * helper's socketpair (borrowed; QEMU gets a duplicate) */
 } SbxVmParams;
 
 #define SBX_TYPE_VM (sbx_vm_get_type())

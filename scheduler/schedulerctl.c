@@ -41,6 +41,9 @@ typedef struct {
     int memory;
     char **env;
     char *network;
+    char **allow_domains;
+    char **expose;
+    gboolean allow_http;
     gboolean json;
     gboolean quiet;
 } Options;
@@ -133,8 +136,21 @@ build_spec(const SbxConfig *cfg, int argc, char **argv)
         g_hash_table_replace(spec->env, g_strndup(opt.env[i], (gsize)(eq - opt.env[i])),
                              g_strdup(eq + 1));
     }
-    if (opt.network && strcmp(opt.network, "none") != 0)
-        usage_error("--network %s is not available yet (only 'none')", opt.network);
+    /* network: --allow-domain implies "allow", --expose alone implies "expose" */
+    if (opt.network && !gvp_mode_from_string(opt.network, &spec->network, &error))
+        usage_error("--network: %s", error->message);
+    if (!opt.network && opt.allow_domains)
+        spec->network = GVP_MODE_ALLOW;
+    else if (!opt.network && opt.expose)
+        spec->network = GVP_MODE_EXPOSE;
+    spec->allow_domains = g_strdupv(opt.allow_domains);
+    spec->allow_http = opt.allow_http;
+    for (guint i = 0; opt.expose && opt.expose[i]; i++) {
+        GvpPort p;
+        if (!gvp_port_parse(opt.expose[i], &p, &error))
+            usage_error("--expose: %s", error->message);
+        g_array_append_val(spec->expose, p);
+    }
     return g_steal_pointer(&spec);
 }
 
@@ -430,7 +446,17 @@ cmd_run(int argc, char **argv)
         {"timeout", 't', 0, G_OPTION_ARG_INT, &opt.timeout, "Seconds before the code is killed (1-300, default 30)", "SECONDS"},
         {"memory", 'm', 0, G_OPTION_ARG_INT, &opt.memory, "Guest memory in MiB (>= 128, default 512)", "MIB"},
         {"env", 'e', 0, G_OPTION_ARG_STRING_ARRAY, &opt.env, "Environment variable for the code (repeatable)", "KEY=VALUE"},
-        {"network", 0, 0, G_OPTION_ARG_STRING, &opt.network, "Network mode: none (default)", "MODE"},
+        {"network", 0, 0, G_OPTION_ARG_STRING, &opt.network,
+         "Network: none (default, no NIC), expose (ports only), allow (allow-listed egress), full",
+         "MODE"},
+        {"allow-domain", 0, 0, G_OPTION_ARG_STRING_ARRAY, &opt.allow_domains,
+         "Allow egress to DOMAIN and its subdomains (HTTPS by SNI; implies --network allow)",
+         "DOMAIN"},
+        {"allow-http", 0, 0, G_OPTION_ARG_NONE, &opt.allow_http,
+         "With --network allow: plain HTTP to allowed domains too (by Host header)", NULL},
+        {"expose", 0, 0, G_OPTION_ARG_STRING_ARRAY, &opt.expose,
+         "Expose guest TCP port INTERNAL on 127.0.0.1:EXTERNAL (any free port if omitted; up to 10)",
+         "INTERNAL[:EXTERNAL]"},
         {"json", 0, 0, G_OPTION_ARG_NONE, &opt.json, "Print one JSON object with output, exit code and timings", NULL},
         {"quiet", 'q', 0, G_OPTION_ARG_NONE, &opt.quiet, "No progress line, no notes on stderr", NULL},
         {"embedded", 0, 0, G_OPTION_ARG_NONE, &opt.embedded, "Run the scheduler in this process even if schedulerd is running", NULL},
