@@ -388,6 +388,9 @@ touch "$kdir" "$tdir"
 gc "$cache/image" "${SBX_IMAGE_KEEP:-3}"
 gc "$cache/tree" 2
 gc "$cache/kernel" 2
+# Packages: the current versions stay; others (superseded by updates) go after 14 days.
+while read -r p; do f=$(deb_path "$p") && touch "$f"; done < <(cat "$work/pkgvers"; echo "$kpkg=$kver")
+find "$cache/debs" -name '*.deb' -mtime +14 -delete
 
 log "kernel $krel ($kver), nodejs $node_ver, agent: ${agent_bin:-none (init will report it missing)}"
 for f in "${files[@]}"; do
