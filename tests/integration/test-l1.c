@@ -1,0 +1,330 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * Integration test of L1 templates and the warm pool (docs/snapshots.md) with
+ * the real scheduler core in-process (SbxManager), real QEMU under TCG and the
+ * real guest image ($SBX_GUEST_DIR): a cold run schedules a template build;
+ * runs restored from it print the right output, get distinct CRNG state after
+ * the reseed and do not see each other's files or REPL variables; a state file
+ * corrupted behind the cache's back (same size and mtime) makes the restore
+ * fail and the run falls back to a cold boot (l1_hit false, failure counted in
+ * Status); SCHEDULERD_L1=0 switches L1 off at run time; the warm pool serves a
+ * run (warm_pool_hit); after shutdown no QEMU, run dir or temp file is left.
+ * Prints TAP; restore/boot times are printed as comments, never asserted.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gio/gio.h>
+#include <glib/gstdio.h>
+
+#include "scheduler/sbx-manager.h"
+
+static int test_no;
+static int failures;
+
+#define OK(cond, ...)                                                                   \
+    do {                                                                                \
+        gboolean ok_ = (cond);                                                          \
+        g_autofree char *d_ = g_strdup_printf(__VA_ARGS__);                             \
+        g_strdelimit(d_, "\n#", '|');                                                   \
+        printf("%sok %d - %s\n", ok_ ? "" : "not ", ++test_no, d_);                     \
+        if (!ok_) {                                                                     \
+            failures++;                                                                 \
+            printf("#   failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);              \
+        }                                                                               \
+        fflush(stdout);                                                                 \
+    } while (0)
+
+static void
+on_done(GObject *src, GAsyncResult *res, gpointer data)
+{
+    *(GAsyncResult **)data = g_object_ref(res);
+}
+
+static GAsyncResult *
+wait_result(GAsyncResult **slot)
+{
+    while (!*slot)
+        g_main_context_iteration(NULL, TRUE);
+    return *slot;
+}
+
+typedef struct {
+    SbxRunResult *result;
+    char *out;
+    char *error;
+} Run;
+
+static void
+run_clear(Run *r)
+{
+    g_clear_pointer(&r->result, sbx_run_result_free);
+    g_clear_pointer(&r->out, g_free);
+    g_clear_pointer(&r->error, g_free);
+}
+
+static void
+run_code(SbxManager *mgr, const char *code, Run *r)
+{
+    g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
+    g_autoptr(GOutputStream) out = g_memory_output_stream_new_resizable();
+    g_autoptr(GAsyncResult) res = NULL;
+    g_autoptr(GError) error = NULL;
+    spec->code = g_bytes_new(code, strlen(code));
+    sbx_manager_run_async(mgr, spec, out, NULL, NULL, NULL, NULL, on_done, &res);
+    wait_result(&res);
+    r->result = sbx_manager_run_finish(mgr, res, &error);
+    g_output_stream_close(out, NULL, NULL);
+    GMemoryOutputStream *m = G_MEMORY_OUTPUT_STREAM(out);
+    r->out = g_strndup(g_memory_output_stream_get_data(m),
+                       g_memory_output_stream_get_data_size(m));
+    r->error = error ? g_strdup(error->message) : NULL;
+    if (r->result)
+        printf("# %s -> l1_hit=%d warm_pool_hit=%d boot_ms=%" G_GINT64_FORMAT
+               " restore_ms=%" G_GINT64_FORMAT " exec_ms=%" G_GINT64_FORMAT
+               " total_ms=%" G_GINT64_FORMAT "\n",
+               code, r->result->l1_hit, r->result->warm_pool_hit, r->result->timing.boot_ms,
+               r->result->timing.restore_ms, r->result->timing.exec_ms,
+               r->result->timing.total_ms);
+    else
+        printf("# %s -> error: %s\n", code, r->error);
+}
+
+static guint64
+status_u64(SbxManager *mgr, const char *key)
+{
+    g_autoptr(GVariant) st = sbx_manager_get_status(mgr);
+    g_autoptr(GVariant) v = g_variant_lookup_value(st, key, NULL);
+    if (v == NULL)
+        return G_MAXUINT64;
+    if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT32))
+        return g_variant_get_uint32(v);
+    if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT64))
+        return g_variant_get_uint64(v);
+    return G_MAXUINT64;
+}
+
+static gboolean
+tick_cb(gpointer data)
+{
+    *(gboolean *)data = TRUE;
+    return G_SOURCE_REMOVE;
+}
+
+/* Let the main loop run until status[key] >= want or @limit_s pass. */
+static gboolean
+wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
+{
+    gint64 end = g_get_monotonic_time() + (gint64)limit_s * G_USEC_PER_SEC;
+    while (g_get_monotonic_time() < end) {
+        guint64 v = status_u64(mgr, key);
+        if (v != G_MAXUINT64 && v >= want)
+            return TRUE;
+        gboolean fired = FALSE;
+        g_timeout_add(200, tick_cb, &fired);
+        while (!fired)
+            g_main_context_iteration(NULL, TRUE);
+    }
+    return FALSE;
+}
+
+static char *
+find_file(const char *dir, const char *suffix)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *n;
+    while (d && (n = g_dir_read_name(d)))
+        if (g_str_has_suffix(n, suffix))
+            return g_build_filename(dir, n, NULL);
+    return NULL;
+}
+
+static guint
+count_entries(const char *dir, const char *suffix)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *n;
+    guint c = 0;
+    while (d && (n = g_dir_read_name(d)))
+        if (suffix == NULL || g_str_has_suffix(n, suffix))
+            c++;
+    return c;
+}
+
+/* QEMU processes whose command line mentions @needle. */
+static guint
+count_qemus(const char *needle)
+{
+    g_autoptr(GDir) d = g_dir_open("/proc", 0, NULL);
+    const char *n;
+    guint c = 0;
+    while (d && (n = g_dir_read_name(d))) {
+        if (!g_ascii_isdigit(n[0]))
+            continue;
+        g_autofree char *p = g_strdup_printf("/proc/%s/cmdline", n);
+        g_autofree char *cmd = NULL;
+        gsize len = 0;
+        if (!g_file_get_contents(p, &cmd, &len, NULL))
+            continue;
+        for (gsize i = 0; i + 1 < len; i++)
+            if (cmd[i] == '\0')
+                cmd[i] = ' ';
+        if (strstr(cmd, "qemu-system") && strstr(cmd, needle))
+            c++;
+    }
+    return c;
+}
+
+/* Overwrite the middle of @path with garbage, keeping its size and mtime. */
+static gboolean
+corrupt_keep_identity(const char *path)
+{
+    struct stat st;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0)
+        return FALSE;
+    guint8 junk[4096];
+    memset(junk, 0xa5, sizeof junk);
+    off_t off = st.st_size / 2;
+    gboolean ok = pwrite(fd, junk, MIN((off_t)sizeof junk, st.st_size - off), off) > 0;
+    struct timespec ts[2] = {st.st_atim, st.st_mtim};
+    ok = ok && futimens(fd, ts) == 0;
+    close(fd);
+    return ok;
+}
+
+int
+main(void)
+{
+    const char *guest = g_getenv("SBX_GUEST_DIR");
+    g_autofree char *vmlinux = guest ? g_build_filename(guest, "vmlinux", NULL) : NULL;
+    if (vmlinux == NULL || !g_file_test(vmlinux, G_FILE_TEST_EXISTS)) {
+        printf("1..0 # SKIP no guest image in SBX_GUEST_DIR (make guest-image)\n");
+        return 77;
+    }
+    g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
+    if (qemu == NULL) {
+        printf("1..0 # SKIP qemu-system-x86_64 not installed\n");
+        return 77;
+    }
+    g_autofree char *rt = g_dir_make_tmp("sbx-l1-test-XXXXXX", NULL);
+    g_autofree char *l1_dir = g_build_filename(rt, "l1", NULL);
+    g_autofree char *vms_dir = g_build_filename(rt, "vms", NULL);
+    g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
+    g_unsetenv("SCHEDULERD_L1");
+    g_unsetenv("SCHEDULERD_L1_PREFETCH");
+
+    SbxConfig *cfg = sbx_config_new_default();
+    g_free(cfg->guest_dir);
+    cfg->guest_dir = g_strdup(guest);
+    g_free(cfg->runtime_dir);
+    cfg->runtime_dir = g_strdup(rt);
+    cfg->accel = SBX_ACCEL_MODE_TCG;
+    g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
+
+    printf("1..17\n");
+    g_autoptr(GAsyncResult) started = NULL;
+    g_autoptr(GError) error = NULL;
+    sbx_manager_start_async(mgr, NULL, on_done, &started);
+    gboolean up = sbx_manager_start_finish(mgr, wait_result(&started), &error);
+    OK(up, "the manager starts (%s)", error ? error->message : "tcg");
+    if (!up)
+        return 1;
+
+    /* 2-3: a cold run; it schedules the template build */
+    Run r = {0};
+    run_code(mgr, "print(1)", &r);
+    OK(r.result && g_strcmp0(r.out, "1\n") == 0 && !r.result->l1_hit,
+       "first run boots cold and prints 1");
+    run_clear(&r);
+    gboolean built = wait_status(mgr, "l1_builds", 1, 600);
+    OK(built, "the L1 template was built and verified in the background");
+    g_autofree char *state = find_file(l1_dir, ".state");
+    g_autofree char *meta = find_file(l1_dir, ".json");
+    OK(state && meta && count_entries(l1_dir, ".tmp") == 0,
+       "the committed entry has its state and metadata, no temp files");
+
+    /* 5-7: restored runs: output, distinct random state */
+    const char *rnd = "import os; print(os.urandom(16).hex())";
+    Run a = {0}, b = {0};
+    run_code(mgr, rnd, &a);
+    run_code(mgr, rnd, &b);
+    OK(a.result && a.result->l1_hit && a.result->timing.restore_ms > 0 &&
+           a.result->timing.boot_ms == 0,
+       "a run restores from the template (l1_hit, restore_ms set, no boot)");
+    OK(a.out && b.out && strlen(a.out) == 33 && strlen(b.out) == 33,
+       "restored runs print 16 random bytes");
+    OK(a.out && b.out && g_strcmp0(a.out, b.out) != 0 && b.result && b.result->l1_hit,
+       "two VMs restored from one template produce different random bytes (CRNG reseeded)");
+    run_clear(&a);
+    run_clear(&b);
+
+    /* 8: isolation between restored VMs (disk overlay and REPL state) */
+    run_code(mgr, "leak = 1\nopen('/home/user/marker', 'w').write('x')\nprint('set')", &a);
+    run_code(mgr,
+             "import os\nprint(os.path.exists('/home/user/marker'), 'leak' in globals())", &b);
+    OK(a.result && a.result->l1_hit && g_strcmp0(a.out, "set\n") == 0 && b.result &&
+           b.result->l1_hit && g_strcmp0(b.out, "False False\n") == 0,
+       "a file and a variable written by one restored VM are not seen by the next (%s)",
+       b.out ? b.out : "-");
+    run_clear(&a);
+    run_clear(&b);
+
+    /* 9: SCHEDULERD_L1=0 at run time */
+    g_setenv("SCHEDULERD_L1", "0", TRUE);
+    run_code(mgr, "print(2)", &a);
+    OK(a.result && !a.result->l1_hit && a.result->timing.boot_ms > 0 &&
+           g_strcmp0(a.out, "2\n") == 0,
+       "SCHEDULERD_L1=0 switches L1 off without a restart (cold boot)");
+    run_clear(&a);
+    g_unsetenv("SCHEDULERD_L1");
+
+    /* 10-12: restore failure falls back to a cold boot and is counted */
+    guint64 fails0 = status_u64(mgr, "l1_restore_failures");
+    OK(state && corrupt_keep_identity(state), "corrupted the saved device state (same size, mtime)");
+    run_code(mgr, "print(3)", &a);
+    OK(a.result && !a.result->l1_hit && g_strcmp0(a.out, "3\n") == 0 && a.result->timing.boot_ms > 0,
+       "a failed restore falls back to a cold boot of the same request (l1_hit false)");
+    OK(status_u64(mgr, "l1_restore_failures") == fails0 + 1,
+       "the restore failure is counted in Status (l1_restore_failures)");
+    run_clear(&a);
+    /* run VMs are vm-<pid>-<n>; a template rebuild (l1build-*) may be running now */
+    g_autofree char *run_vms = g_build_filename(vms_dir, "vm-", NULL);
+    guint run_dirs = 0;
+    g_autoptr(GDir) vd = g_dir_open(vms_dir, 0, NULL);
+    for (const char *n; vd && (n = g_dir_read_name(vd));)
+        run_dirs += g_str_has_prefix(n, "vm-");
+    OK(count_qemus(run_vms) == 0 && run_dirs == 0,
+       "the failed VM is torn down (no run VM's QEMU or run dir left)");
+
+    /* 14-15: warm pool */
+    g_setenv("SCHEDULERD_WARM_POOL", "1", TRUE);
+    run_code(mgr, "print(4)", &a); /* marks python as used */
+    run_clear(&a);
+    gboolean filled = wait_status(mgr, "warm_pool_python", 1, 600);
+    OK(filled, "the warm pool fills one python VM in the background");
+    run_code(mgr, "print(5)", &a);
+    OK(a.result && a.result->warm_pool_hit && g_strcmp0(a.out, "5\n") == 0 &&
+           a.result->timing.admission_ms == 0,
+       "a default run is served by the warm pool (warm_pool_hit)");
+    run_clear(&a);
+    g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
+
+    /* 16-17: shutdown leaves nothing behind */
+    g_autoptr(GAsyncResult) down = NULL;
+    sbx_manager_shutdown_async(mgr, on_done, &down);
+    gboolean stopped = sbx_manager_shutdown_finish(mgr, wait_result(&down), NULL);
+    OK(stopped && count_qemus(rt) == 0 && count_entries(vms_dir, NULL) == 0,
+       "after shutdown: no QEMU, no VM run dir (%u left)", count_entries(vms_dir, NULL));
+    OK(count_entries(l1_dir, ".tmp") == 0, "no half-written template files");
+
+    g_clear_object(&mgr);
+    g_autofree char *rm = g_strdup_printf("rm -rf '%s'", rt);
+    if (system(rm) != 0)
+        printf("# could not remove %s\n", rt);
+    return failures ? 1 : 0;
+}
