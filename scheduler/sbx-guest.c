@@ -9,6 +9,7 @@
  * credit window (acks after each chunk reaches the destination stream), so
  * neither direction buffers a whole file. Used by the VM lifecycle / manager.
  */
+#define G_LOG_DOMAIN "sbx-guest"
 #include "scheduler/sbx-guest.h"
 
 #include <errno.h>

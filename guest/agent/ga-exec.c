@@ -11,6 +11,7 @@
  * gets a fresh REPL. Children are watched with pidfds and reaped with wait4
  * (for their rusage). Used by ga-main.c.
  */
+#define G_LOG_DOMAIN "sbx-agent"
 #include "guest/agent/ga-agent.h"
 
 #include <errno.h>

@@ -8,6 +8,7 @@
  * so a symlink planted by user code can never lead the (root) agent outside
  * /home/user. Used by ga-main.c.
  */
+#define G_LOG_DOMAIN "sbx-agent"
 #include "guest/agent/ga-agent.h"
 
 #include <dirent.h>

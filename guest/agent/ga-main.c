@@ -10,6 +10,7 @@
  * With --channel-fd N it speaks the same protocol over an inherited socket
  * (tests run the real agent on the host over a socketpair that way).
  */
+#define G_LOG_DOMAIN "sbx-agent"
 #include "guest/agent/ga-agent.h"
 
 #include <dirent.h>
