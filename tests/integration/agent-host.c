@@ -424,6 +424,24 @@ test_files(Agent *a)
         ok = write_file(g, "empty", empty, &wrote, &error);
         OK(ok && wrote == 0, "empty file upload");
     }
+    /* Over the 500 MiB limit: refused, the partial upload is removed. */
+    {
+        g_autoptr(GFile) zero = g_file_new_for_path("/dev/zero");
+        g_autoptr(GFileInputStream) in = g_file_read(zero, NULL, NULL);
+        g_autoptr(GDir) dir = NULL;
+        const char *name;
+        gboolean leftovers = FALSE;
+        g_clear_error(&error);
+        ok = write_file(g, "huge.bin", G_INPUT_STREAM(in), &wrote, &error);
+        g_autofree char *target = g_build_filename(a->home, "huge.bin", NULL);
+        dir = g_dir_open(a->home, 0, NULL);
+        while (dir && (name = g_dir_read_name(dir)))
+            leftovers |= g_str_has_prefix(name, ".sbx-upload-");
+        OK(!ok && g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_TOO_LARGE) &&
+           !g_file_test(target, G_FILE_TEST_EXISTS) && !leftovers,
+           "an endless upload stops at 500 MiB with TOO_LARGE and leaves nothing behind: %s",
+           error ? error->message : "(accepted)");
+    }
     /* The user's code sees the file. */
     {
         int code;
