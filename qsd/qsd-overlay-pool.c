@@ -195,6 +195,12 @@ qsd_overlay_pool_get_ready(QsdOverlayPool *self)
     return g_queue_get_length(&self->ready);
 }
 
+guint
+qsd_overlay_pool_get_target(QsdOverlayPool *self)
+{
+    return self->target;
+}
+
 const char *
 qsd_overlay_pool_get_format(QsdOverlayPool *self)
 {

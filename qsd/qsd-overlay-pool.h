@@ -27,6 +27,7 @@ QsdOverlayPool *qsd_overlay_pool_new(QsdDaemon *qsd, const char *seed, const cha
 /* Change the number of disks kept ready (refills in the background). */
 void qsd_overlay_pool_set_target(QsdOverlayPool *self, guint target);
 guint qsd_overlay_pool_get_ready(QsdOverlayPool *self);
+guint qsd_overlay_pool_get_target(QsdOverlayPool *self);
 /* "raw" (reflink clones) or "qcow2" (overlays): the format of the disks handed out. */
 const char *qsd_overlay_pool_get_format(QsdOverlayPool *self);
 gboolean qsd_overlay_pool_uses_reflink(QsdOverlayPool *self);

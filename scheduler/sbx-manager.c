@@ -1064,6 +1064,8 @@ sbx_manager_get_status(SbxManager *self)
     g_variant_builder_init(&pool, G_VARIANT_TYPE("a{su}"));
     g_variant_builder_add(&pool, "{su}", "work_disks",
                           self->disks ? qsd_overlay_pool_get_ready(self->disks) : 0);
+    g_variant_builder_add(&pool, "{su}", "work_disks_target",
+                          self->disks ? qsd_overlay_pool_get_target(self->disks) : 0);
     g_variant_builder_add(&b, "{sv}", "pool", g_variant_builder_end(&pool));
     g_variant_builder_add(&b, "{sv}", "storage_daemon_restarts",
                           g_variant_new_uint32(self->qsd ? qsd_daemon_get_restarts(self->qsd) : 0));

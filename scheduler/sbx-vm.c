@@ -26,6 +26,9 @@
 
 #define SBX_VM_QMP_TIMEOUT_MS 10000
 #define SBX_VM_QUIT_DEADLINE_MS 300
+/* A boot channel (QMP or agent) that fails while QEMU is still alive: wait
+ * this long for QEMU's exit, whose status and console say why. */
+#define SBX_VM_DEATH_GRACE_MS 250
 #define SBX_VM_CONSOLE_BYTES (64 * 1024)
 
 G_DEFINE_QUARK(sbx-vm-error-quark, sbx_vm_error)
@@ -53,6 +56,8 @@ struct _SbxVm {
     GTask *boot_task;
     guint boot_pending; /* qmp handshake + agent hello */
     guint boot_timer;
+    GError *boot_error;  /* a channel failed: held for the death grace */
+    guint death_grace;
     GCancellable *cancellable;
     /* destroy */
     GQueue destroy_waiters;
@@ -131,6 +136,8 @@ static void
 boot_complete(SbxVm *self, GError *error)
 {
     g_autoptr(GTask) task = g_steal_pointer(&self->boot_task);
+    g_clear_handle_id(&self->death_grace, g_source_remove);
+    g_clear_error(&self->boot_error);
     if (task == NULL) {
         if (error)
             g_error_free(error);
@@ -200,19 +207,34 @@ boot_timeout_cb(gpointer user_data)
     return G_SOURCE_REMOVE;
 }
 
+static gboolean
+death_grace_cb(gpointer user_data)
+{
+    SbxVm *self = user_data;
+    self->death_grace = 0;
+    boot_complete(self, g_steal_pointer(&self->boot_error));
+    return G_SOURCE_REMOVE;
+}
+
 static void
 boot_part_done(SbxVm *self, GError *error)
 {
-    if (self->boot_task == NULL) {
+    if (self->boot_task == NULL || self->boot_error) {
         if (error)
             g_error_free(error);
         return;
     }
     if (error) {
-        /* If QEMU died, its exit (with the console) is the better error. */
+        /* If QEMU died, its exit (with the console) is the better error. Its
+         * channels close before GLib reaps it: give the exit a moment to be
+         * seen (child_exited_cb or the boot timer complete the boot first). */
         if (self->child && sbx_child_has_exited(self->child)) {
             g_error_free(error);
             error = died_error(self);
+        } else if (self->child) {
+            self->boot_error = error;
+            self->death_grace = g_timeout_add(SBX_VM_DEATH_GRACE_MS, death_grace_cb, self);
+            return;
         }
         boot_complete(self, error);
         return;
@@ -874,6 +896,8 @@ sbx_vm_dispose(GObject *object)
     SbxVm *self = SBX_VM(object);
     g_cancellable_cancel(self->cancellable);
     g_clear_handle_id(&self->boot_timer, g_source_remove);
+    g_clear_handle_id(&self->death_grace, g_source_remove);
+    g_clear_error(&self->boot_error);
     mig_complete(self, NULL);
     /* Last line of defence: a VM dropped without destroy still dies. */
     if (self->child && !sbx_child_has_exited(self->child))
