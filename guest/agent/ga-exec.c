@@ -104,6 +104,12 @@ child_setup(gpointer data)
     r.rlim_cur = r.rlim_max = USER_FSIZE;
     (void)setrlimit(RLIMIT_FSIZE, &r);
     if (!a->no_setuid) {
+        /* The agent runs at oom_score_adj -1000; user code must be the OOM victim. */
+        int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (oom >= 0) {
+            (void)!write(oom, "500", 3);
+            close(oom);
+        }
         /* Let the user's driver reopen its control pipes close-on-exec via /proc. */
         (void)fchown(3, a->uid, a->gid);
         (void)fchown(4, a->uid, a->gid);

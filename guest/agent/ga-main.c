@@ -456,8 +456,14 @@ main(int argc, char **argv)
         fprintf(stderr, "sbx-agent: %s\n", error->message);
         return 2;
     }
-    if (channel_fd < 0)
+    if (channel_fd < 0) {
         become_reaper_if_pid1();
+        /* In the VM the OOM killer must pick user code, never the agent. */
+        if (!g_file_set_contents("/proc/self/oom_score_adj", "-1000", -1, &error)) {
+            g_warning("cannot protect the agent from the OOM killer: %s", error->message);
+            g_clear_error(&error);
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
 
     a->home = g_strdup(home ? home : "/home/user");

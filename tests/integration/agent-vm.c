@@ -308,9 +308,9 @@ main(void)
     }
     {
         g_autofree char *o = exec(g, SBX_LANGUAGE_RAW,
-                                  "id -u; id -g; grep NoNewPrivs /proc/self/status | tr -d ' \\t'; pwd; echo $HOME; ulimit -c", 60, &res);
-        OK(g_str_equal(o, "1000\n1000\nNoNewPrivs:1\n/home/user\n/home/user\n0\n"),
-           "user code runs as 1000:1000, no_new_privs, in /home/user, core 0 (\"%s\")", o);
+                                  "id -u; id -g; grep NoNewPrivs /proc/self/status | tr -d ' \\t'; pwd; echo $HOME; ulimit -c; cat /proc/self/oom_score_adj", 60, &res);
+        OK(g_str_equal(o, "1000\n1000\nNoNewPrivs:1\n/home/user\n/home/user\n0\n500\n"),
+           "user code runs as 1000:1000, no_new_privs, in /home/user, core 0, oom_score_adj 500 (\"%s\")", o);
     }
     {
         /* The REPL drivers' control pipes (fds 3 and 4) do not leak into the user's children. */
