@@ -744,6 +744,14 @@ admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     d->result->timing.admission_ms = (gint64)sbx_reservation_get_admission_ms(d->reservation);
     (void)stage_ms(d);
     d->l1 = d->net ? NULL : sbx_pool_l1_lookup(self->pool, d->language, d->memory_mb);
+    /* a pre-started -incoming defer QEMU: disk + cgroup ready, restore at once */
+    if (d->l1 && (d->vm = sbx_pool_take_prestarted(self->pool, d->l1, d->language)) != NULL) {
+        d->vm_id = g_strdup(sbx_vm_get_id(d->vm));
+        d->result->timing.setup_ms = stage_ms(d);
+        progress(d, SBX_RUN_STAGE_BOOT);
+        sbx_pool_l1_restore_async(self->pool, d->l1, d->vm, NULL, d->cancellable, restore_cb, d);
+        return;
+    }
     run_setup(d);
 }
 
@@ -1067,6 +1075,8 @@ sbx_manager_get_status(SbxManager *self)
     g_variant_builder_add(&pool, "{su}", "work_disks_target",
                           self->disks ? qsd_overlay_pool_get_target(self->disks) : 0);
     g_variant_builder_add(&b, "{sv}", "pool", g_variant_builder_end(&pool));
+    if (self->pool)
+        sbx_pool_add_status(self->pool, &b);
     g_variant_builder_add(&b, "{sv}", "storage_daemon_restarts",
                           g_variant_new_uint32(self->qsd ? qsd_daemon_get_restarts(self->qsd) : 0));
     return g_variant_builder_end(&b);

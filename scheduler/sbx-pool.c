@@ -26,6 +26,7 @@ typedef struct {
     SbxVm *vm;
     SbxReservation *res;
     SbxLanguage language;
+    SbxTemplate *tpl;  /* pre-started for this template (no reservation), or NULL: warm VM */
     gboolean taken;  /* left the pool (used, evicted or found dead) */
     gboolean checking;
     guint check_timer;
@@ -41,6 +42,11 @@ struct _SbxPool {
     gboolean used[SBX_N_LANGUAGES];
     guint build_failures[SBX_N_LANGUAGES];
     GQueue build_queue;           /* BuildReq* */
+    /* pre-started -incoming defer QEMUs, per language, for prestart_tpl[l] */
+    SbxTemplate *prestart_tpl[SBX_N_LANGUAGES];
+    GQueue prestarted[SBX_N_LANGUAGES]; /* PoolVm* (res NULL) */
+    guint prestarting;
+    guint64 prestart_hits, prestart_failures;
     guint builds_running;
     guint fills_running;
     guint idle_source;
@@ -206,6 +212,11 @@ sbx_pool_l1_lookup(SbxPool *self, SbxLanguage language, guint memory_mb)
     }
     if (tpl == NULL && memory_mb == self->d.cfg->default_memory_mb)
         build_enqueue(self, language, memory_mb);
+    if (tpl && memory_mb == self->d.cfg->default_memory_mb &&
+        self->prestart_tpl[language] != tpl) {
+        g_clear_pointer(&self->prestart_tpl[language], sbx_template_unref);
+        self->prestart_tpl[language] = sbx_template_ref(tpl);
+    }
     return tpl;
 }
 
@@ -317,8 +328,12 @@ sbx_pool_l1_restore_failed(SbxPool *self, SbxTemplate *tpl, const GError *error)
     g_warning("L1 restore from %s failed, falling back to a cold boot: %s",
               sbx_template_get_key(tpl), error->message);
     if (g_error_matches(error, SBX_VM_ERROR, SBX_VM_ERROR_MIGRATION) ||
-        g_error_matches(error, SBX_VM_ERROR, SBX_VM_ERROR_DIED))
+        g_error_matches(error, SBX_VM_ERROR, SBX_VM_ERROR_DIED)) {
         sbx_template_cache_remove(self->cache, sbx_template_get_key(tpl));
+        for (guint l = 0; l < SBX_N_LANGUAGES; l++)
+            if (self->prestart_tpl[l] == tpl)
+                g_clear_pointer(&self->prestart_tpl[l], sbx_template_unref);
+    }
 }
 
 void
@@ -481,6 +496,7 @@ pool_vm_free(PoolVm *pv)
         g_signal_handler_disconnect(pv->vm, pv->died_id);
     g_clear_object(&pv->vm);
     g_clear_pointer(&pv->res, sbx_reservation_free);
+    g_clear_pointer(&pv->tpl, sbx_template_unref);
     g_free(pv);
 }
 
@@ -506,7 +522,7 @@ pool_vm_discard(PoolVm *pv)
 {
     SbxPool *self = pv->pool;
     if (!pv->taken)
-        g_queue_remove(&self->warm[pv->language], pv);
+        g_queue_remove(pv->tpl ? &self->prestarted[pv->language] : &self->warm[pv->language], pv);
     pv->taken = TRUE;
     g_clear_handle_id(&pv->check_timer, g_source_remove);
     if (pv->died_id)
@@ -801,6 +817,181 @@ sbx_pool_make_room(SbxPool *self, SbxLanguage for_language, guint64 mem, guint64
     return FALSE;
 }
 
+/* ---- pre-started -incoming defer QEMUs -------------------------------------------- */
+
+/* A pre-started QEMU holds no admission reservation: it has mapped the
+ * template's RAM file but loaded nothing (its RSS is QEMU's own, ~30 MB); the
+ * run that takes it brings its own reservation. Its cgroup has the limits of a
+ * default-memory run, its work disk is already the overlay over the template. */
+typedef struct {
+    SbxPool *pool;
+    PoolVm *pv;
+    char *run_dir, *disk;
+    SbxCgroup *cgroup;
+    guint pending;
+    GError *error;
+} Pre;
+
+static void
+pre_end(Pre *p, GError *error)
+{
+    SbxPool *self = p->pool;
+    PoolVm *pv = p->pv;
+    self->prestarting--;
+    if (error) {
+        if (!g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED)) {
+            self->prestart_failures++;
+            g_warning("pre-starting a restore target failed: %s", error->message);
+        }
+        g_error_free(error);
+        if (pv->vm) {
+            pv->taken = TRUE;
+            pool_vm_discard(pv);
+        } else {
+            if (p->cgroup)
+                (void)sbx_cgroup_try_destroy(p->cgroup, NULL);
+            rm_dir(p->run_dir);
+            pool_vm_free(pv);
+        }
+    } else if (self->shutting_down) {
+        pv->taken = TRUE;
+        pool_vm_discard(pv);
+    } else {
+        g_queue_push_tail(&self->prestarted[pv->language], pv);
+    }
+    g_clear_object(&p->cgroup);
+    g_free(p->run_dir);
+    g_free(p->disk);
+    g_free(p);
+    shutdown_check(self);
+    sbx_pool_kick(self);
+    g_object_unref(self);
+}
+
+static void
+pre_started_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    Pre *p = user_data;
+    GError *error = NULL;
+    (void)sbx_vm_prestart_finish(SBX_VM(source), res, &error);
+    pre_end(p, error);
+}
+
+static void
+pre_setup_done(Pre *p)
+{
+    SbxPool *self = p->pool;
+    if (--p->pending > 0)
+        return;
+    if (p->error) {
+        pre_end(p, g_steal_pointer(&p->error));
+        return;
+    }
+    SbxVmParams vp;
+    sbx_pool_fill_vm_params(self, self->d.cfg->default_memory_mb, &vp);
+    sbx_pool_l1_vm_params(self, p->pv->tpl, &vp);
+    vp.run_dir = p->run_dir;
+    vp.work_disk = p->disk;
+    vp.cgroup = p->cgroup;
+    g_autofree char *id = g_path_get_basename(p->run_dir);
+    p->pv->vm = sbx_vm_new(id);
+    sbx_vm_prestart_async(p->pv->vm, &vp, self->cancellable, pre_started_cb, p);
+    g_clear_object(&p->cgroup); /* the VM owns it */
+}
+
+static void
+pre_disk_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    Pre *p = user_data;
+    GError *error = NULL;
+    if (!sbx_pool_take_disk_finish(SBX_POOL(source), res, &error) && p->error == NULL)
+        p->error = error;
+    else if (error)
+        g_error_free(error);
+    pre_setup_done(p);
+}
+
+static void
+pre_cgroup_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    Pre *p = user_data;
+    GError *error = NULL;
+    p->cgroup = sbx_cgroup_manager_create_finish(SBX_CGROUP_MANAGER(source), res, &error);
+    if (p->cgroup == NULL && p->error == NULL)
+        p->error = error;
+    else if (error)
+        g_error_free(error);
+    pre_setup_done(p);
+}
+
+static guint
+prestart_target(void)
+{
+    const char *v = g_getenv("SCHEDULERD_L1_PRESTART");
+    if (v == NULL || *v == '\0')
+        return 1;
+    return (guint)MIN(g_ascii_strtoull(v, NULL, 10), 8);
+}
+
+static gboolean
+prestart_one(SbxPool *self)
+{
+    if (self->prestarting > 0 || env_off("SCHEDULERD_L1"))
+        return FALSE;
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++) {
+        SbxTemplate *tpl = self->prestart_tpl[l];
+        if (tpl == NULL || self->prestarted[l].length >= prestart_target())
+            continue;
+        Pre *p = g_new0(Pre, 1);
+        p->pool = g_object_ref(self);
+        p->pv = g_new0(PoolVm, 1);
+        p->pv->pool = self;
+        p->pv->language = l;
+        p->pv->tpl = sbx_template_ref(tpl);
+        self->prestarting++;
+        g_autofree char *id = g_strdup_printf("pre-%d-%" G_GUINT64_FORMAT, (int)getpid(),
+                                              ++self->serial);
+        p->run_dir = g_build_filename(self->d.vms_dir, id, NULL);
+        if (g_mkdir_with_parents(p->run_dir, 0700) != 0) {
+            int e = errno;
+            pre_end(p, g_error_new(G_IO_ERROR, g_io_error_from_errno(e), "%s: %s", p->run_dir,
+                                   g_strerror(e)));
+            return TRUE;
+        }
+        p->disk = g_build_filename(p->run_dir, "work.qcow2", NULL);
+        SbxCgroupLimits limits;
+        cgroup_limits(self, self->d.cfg->default_memory_mb, self->d.vm_mem_cost, &limits);
+        p->pending = 2;
+        sbx_pool_take_disk_async(self, tpl, p->disk, self->cancellable, pre_disk_cb, p);
+        sbx_cgroup_manager_create_async(self->d.cgroups, id, &limits, self->cancellable,
+                                        pre_cgroup_cb, p);
+        return TRUE;
+    }
+    return FALSE;
+}
+
+SbxVm *
+sbx_pool_take_prestarted(SbxPool *self, SbxTemplate *tpl, SbxLanguage language)
+{
+    PoolVm *pv;
+    SbxVm *vm = NULL;
+    if (self->shutting_down)
+        return NULL;
+    while (vm == NULL && (pv = g_queue_pop_head(&self->prestarted[language])) != NULL) {
+        pv->taken = TRUE;
+        if (pv->tpl != tpl || !sbx_vm_is_prestarted(pv->vm)) {
+            pool_vm_discard(pv); /* another template's, or its QEMU died */
+            continue;
+        }
+        vm = g_steal_pointer(&pv->vm);
+        pool_vm_free(pv);
+    }
+    if (vm)
+        self->prestart_hits++;
+    sbx_pool_kick(self);
+    return vm;
+}
+
 /* ---- health --------------------------------------------------------------------- */
 
 typedef struct {
@@ -877,6 +1068,7 @@ pool_kick_now(SbxPool *self)
     /* templates first: they make every later fill and run fast */
     if (!env_off("SCHEDULERD_L1") && build_start_one(self))
         return;
+    (void)prestart_one(self); /* cheap: no admission, runs beside a fill */
     (void)fill_start_one(self);
 }
 
@@ -914,13 +1106,20 @@ sbx_pool_add_status(SbxPool *self, GVariantBuilder *b)
     g_variant_builder_add(b, "{sv}", "l1_builds", g_variant_new_uint64(self->l1_builds));
     g_variant_builder_add(b, "{sv}", "l1_build_failures",
                           g_variant_new_uint64(self->l1_build_failures));
+    guint pre = 0;
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++)
+        pre += self->prestarted[l].length;
+    g_variant_builder_add(b, "{sv}", "l1_prestarted", g_variant_new_uint32(pre));
+    g_variant_builder_add(b, "{sv}", "l1_prestart_hits", g_variant_new_uint64(self->prestart_hits));
+    g_variant_builder_add(b, "{sv}", "l1_prestart_failures",
+                          g_variant_new_uint64(self->prestart_failures));
 }
 
 static void
 shutdown_check(SbxPool *self)
 {
     if (self->shutdown_task == NULL || self->builds_running > 0 || self->fills_running > 0 ||
-        self->destroys_running > 0)
+        self->destroys_running > 0 || self->prestarting > 0)
         return;
     GTask *task = g_steal_pointer(&self->shutdown_task);
     g_task_return_boolean(task, TRUE);
@@ -947,6 +1146,8 @@ sbx_pool_shutdown_async(SbxPool *self, GAsyncReadyCallback callback, gpointer us
         PoolVm *pv;
         while ((pv = g_queue_peek_head(&self->warm[l])) != NULL)
             pool_vm_discard(pv);
+        while ((pv = g_queue_peek_head(&self->prestarted[l])) != NULL)
+            pool_vm_discard(pv);
     }
     shutdown_check(self);
 }
@@ -970,6 +1171,9 @@ sbx_pool_dispose(GObject *object)
         PoolVm *pv;
         while ((pv = g_queue_pop_head(&self->warm[l])) != NULL)
             pool_vm_free(pv); /* SbxVm's dispose kills a QEMU left running */
+        while ((pv = g_queue_pop_head(&self->prestarted[l])) != NULL)
+            pool_vm_free(pv);
+        g_clear_pointer(&self->prestart_tpl[l], sbx_template_unref);
     }
     g_queue_clear_full(&self->build_queue, g_free);
     g_clear_object(&self->cache);
@@ -990,8 +1194,10 @@ sbx_pool_init(SbxPool *self)
 {
     self->cancellable = g_cancellable_new();
     self->build_cancellable = g_cancellable_new();
-    for (guint l = 0; l < SBX_N_LANGUAGES; l++)
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++) {
         g_queue_init(&self->warm[l]);
+        g_queue_init(&self->prestarted[l]);
+    }
     g_queue_init(&self->build_queue);
 }
 

@@ -61,7 +61,10 @@ void sbx_pool_take_disk_async(SbxPool *self, SbxTemplate *tpl, const char *dest,
                               GCancellable *cancellable, GAsyncReadyCallback callback,
                               gpointer user_data);
 gboolean sbx_pool_take_disk_finish(SbxPool *self, GAsyncResult *result, GError **error);
-/* Restore @vm (NEW) from @tpl with @p; starts the prefetch unless
+/* A pre-started -incoming defer QEMU for @tpl (its disk, cgroup and run dir
+ * ready; SCHEDULERD_L1_PRESTART=<n> per language, default 1), or NULL. */
+SbxVm *sbx_pool_take_prestarted(SbxPool *self, SbxTemplate *tpl, SbxLanguage language);
+/* Restore @vm (NEW, or pre-started: @p may then be NULL) from @tpl with @p; starts the prefetch unless
  * SCHEDULERD_L1_PREFETCH=0. */
 void sbx_pool_l1_restore_async(SbxPool *self, SbxTemplate *tpl, SbxVm *vm, const SbxVmParams *p,
                                GCancellable *cancellable, GAsyncReadyCallback callback,

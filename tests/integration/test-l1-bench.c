@@ -1,0 +1,367 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * Benchmark of the L1 / warm-pool paths (docs/snapshots.md records its output):
+ * end-to-end print(1) through SbxManager in-process, median of N runs, for a
+ * cold boot (SCHEDULERD_L1=0), an L1 restore into a freshly spawned QEMU, an
+ * L1 restore into a pre-started -incoming defer QEMU, a warm-pool hit; the
+ * restore with the template's RAM file evicted from the page cache, with and
+ * without the hot-page prefetch; and host memory (RSS, PSS from smaps_rollup)
+ * of N idle sessions' VMs: cold-booted, L1-restored, and L1-restored with host
+ * KSM on (the previous KSM settings are put back). Not a test: nothing is
+ * asserted; it prints "# key value" lines. Usage:
+ *   SBX_GUEST_DIR=... test-l1-bench [runs] [idle-vms] [phases: cltwpk]
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <gio/gio.h>
+
+#include "scheduler/sbx-manager.h"
+#include "scheduler/sbx-session.h"
+
+static void
+on_done(GObject *src, GAsyncResult *res, gpointer data)
+{
+    *(GAsyncResult **)data = g_object_ref(res);
+}
+
+static GAsyncResult *
+wait_result(GAsyncResult **slot)
+{
+    while (!*slot)
+        g_main_context_iteration(NULL, TRUE);
+    return *slot;
+}
+
+static gboolean
+tick_cb(gpointer data)
+{
+    *(gboolean *)data = TRUE;
+    return G_SOURCE_REMOVE;
+}
+
+static void
+spin(guint ms)
+{
+    gboolean fired = FALSE;
+    g_timeout_add(ms, tick_cb, &fired);
+    while (!fired)
+        g_main_context_iteration(NULL, TRUE);
+}
+
+static guint64
+status_u64(SbxManager *mgr, const char *key)
+{
+    g_autoptr(GVariant) st = sbx_manager_get_status(mgr);
+    g_autoptr(GVariant) v = g_variant_lookup_value(st, key, NULL);
+    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_UINT32))
+        return g_variant_get_uint32(v);
+    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_UINT64))
+        return g_variant_get_uint64(v);
+    return 0;
+}
+
+static void
+wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
+{
+    gint64 end = g_get_monotonic_time() + (gint64)limit_s * G_USEC_PER_SEC;
+    while (status_u64(mgr, key) < want && g_get_monotonic_time() < end)
+        spin(200);
+}
+
+static SbxRunResult *
+run1(SbxManager *mgr, const char *code)
+{
+    g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
+    g_autoptr(GAsyncResult) res = NULL;
+    g_autoptr(GError) error = NULL;
+    spec->code = g_bytes_new(code, strlen(code));
+    sbx_manager_run_async(mgr, spec, NULL, NULL, NULL, NULL, NULL, on_done, &res);
+    SbxRunResult *r = sbx_manager_run_finish(mgr, wait_result(&res), &error);
+    if (r == NULL)
+        printf("# run failed: %s\n", error->message);
+    return r;
+}
+
+static int
+cmp_i64(const void *a, const void *b)
+{
+    gint64 x = *(const gint64 *)a, y = *(const gint64 *)b;
+    return x < y ? -1 : x > y;
+}
+
+static gint64
+median(GArray *a)
+{
+    if (a->len == 0)
+        return -1;
+    g_array_sort(a, cmp_i64);
+    return g_array_index(a, gint64, a->len / 2);
+}
+
+static char *l1_dir;
+
+static void
+evict_ram_files(void)
+{
+    g_autoptr(GDir) d = g_dir_open(l1_dir, 0, NULL);
+    for (const char *n; d && (n = g_dir_read_name(d));) {
+        if (!g_str_has_suffix(n, ".ram"))
+            continue;
+        g_autofree char *p = g_build_filename(l1_dir, n, NULL);
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            close(fd);
+        }
+    }
+}
+
+typedef void (*BeforeFunc)(SbxManager *mgr);
+
+/* @n runs of print(1); prints the medians of total / boot / restore / exec. */
+static void
+series(SbxManager *mgr, const char *label, guint n, BeforeFunc before)
+{
+    g_autoptr(GArray) total = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_autoptr(GArray) boot = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_autoptr(GArray) restore = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_autoptr(GArray) exec = g_array_new(FALSE, FALSE, sizeof(gint64));
+    guint l1 = 0, warm = 0;
+    for (guint i = 0; i < n; i++) {
+        if (before)
+            before(mgr);
+        g_autoptr(SbxRunResult) r = run1(mgr, "print(1)");
+        if (r == NULL)
+            continue;
+        g_array_append_val(total, r->timing.total_ms);
+        g_array_append_val(boot, r->timing.boot_ms);
+        g_array_append_val(restore, r->timing.restore_ms);
+        g_array_append_val(exec, r->timing.exec_ms);
+        l1 += r->l1_hit;
+        warm += r->warm_pool_hit;
+        printf("#   %s run %u: total %" G_GINT64_FORMAT " boot %" G_GINT64_FORMAT
+               " restore %" G_GINT64_FORMAT " exec %" G_GINT64_FORMAT " l1=%d warm=%d\n",
+               label, i, r->timing.total_ms, r->timing.boot_ms, r->timing.restore_ms,
+               r->timing.exec_ms, r->l1_hit, r->warm_pool_hit);
+        fflush(stdout);
+    }
+    printf("# %s: n=%u l1_hits=%u warm_hits=%u median total_ms=%" G_GINT64_FORMAT
+           " boot_ms=%" G_GINT64_FORMAT " restore_ms=%" G_GINT64_FORMAT " exec_ms=%" G_GINT64_FORMAT
+           "\n",
+           label, total->len, l1, warm, median(total), median(boot), median(restore),
+           median(exec));
+    fflush(stdout);
+}
+
+static void
+before_prestarted(SbxManager *mgr)
+{
+    wait_status(mgr, "l1_prestarted", 1, 120);
+    spin(500); /* let the pre-started QEMU settle */
+}
+
+static void
+before_warm(SbxManager *mgr)
+{
+    wait_status(mgr, "warm_pool_python", 1, 300);
+    spin(500);
+}
+
+static void
+before_evict(SbxManager *mgr)
+{
+    spin(300);
+    evict_ram_files();
+}
+
+/* ---- memory of idle VMs ---------------------------------------------------- */
+
+static void
+qemu_mem(const char *needle, guint *out_n, guint64 *out_rss_kb, guint64 *out_pss_kb)
+{
+    g_autoptr(GDir) d = g_dir_open("/proc", 0, NULL);
+    *out_n = 0;
+    *out_rss_kb = *out_pss_kb = 0;
+    for (const char *n; d && (n = g_dir_read_name(d));) {
+        if (!g_ascii_isdigit(n[0]))
+            continue;
+        g_autofree char *p = g_strdup_printf("/proc/%s/cmdline", n);
+        g_autofree char *cmd = NULL;
+        gsize len = 0;
+        if (!g_file_get_contents(p, &cmd, &len, NULL))
+            continue;
+        for (gsize i = 0; i + 1 < len; i++)
+            if (cmd[i] == '\0')
+                cmd[i] = ' ';
+        if (!strstr(cmd, "qemu-system") || !strstr(cmd, needle))
+            continue;
+        g_autofree char *sp = g_strdup_printf("/proc/%s/smaps_rollup", n);
+        g_autofree char *sm = NULL;
+        if (!g_file_get_contents(sp, &sm, NULL, NULL))
+            continue;
+        const char *r = strstr(sm, "\nRss:");
+        const char *s = strstr(sm, "\nPss:");
+        if (r)
+            *out_rss_kb += g_ascii_strtoull(r + 5, NULL, 10);
+        if (s)
+            *out_pss_kb += g_ascii_strtoull(s + 5, NULL, 10);
+        (*out_n)++;
+    }
+}
+
+static char *
+read_sys(const char *path)
+{
+    char *v = NULL;
+    if (g_file_get_contents(path, &v, NULL, NULL))
+        g_strstrip(v);
+    return v;
+}
+
+static void
+write_sys(const char *path, const char *v)
+{
+    (void)g_file_set_contents(path, v, -1, NULL);
+}
+
+static void
+idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboolean ksm)
+{
+    g_autoptr(GPtrArray) sessions = g_ptr_array_new_with_free_func(g_object_unref);
+    gint64 t0 = g_get_monotonic_time();
+    for (guint i = 0; i < n; i++) {
+        g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
+        g_autoptr(GAsyncResult) res = NULL;
+        g_autoptr(GError) error = NULL;
+        sbx_manager_create_session_async(mgr, spec, 600, NULL, on_done, &res);
+        SbxSession *s = sbx_manager_create_session_finish(mgr, wait_result(&res), &error);
+        if (s == NULL) {
+            printf("# %s: session %u failed: %s\n", label, i, error->message);
+            break;
+        }
+        /* one exec each, so cold VMs have a warm REPL like restored ones */
+        g_autoptr(SbxRunSpec) ex = sbx_run_spec_new(sbx_manager_get_config(mgr));
+        ex->code = g_bytes_new_static("print(1)", 8);
+        g_autoptr(GAsyncResult) er = NULL;
+        sbx_session_exec_async(s, ex, NULL, NULL, on_done, &er);
+        g_autoptr(SbxRunResult) rr = sbx_session_exec_finish(s, wait_result(&er), NULL);
+        g_ptr_array_add(sessions, s);
+    }
+    printf("#   %s: %u VMs up in %" G_GINT64_FORMAT " ms\n", label, sessions->len,
+           (g_get_monotonic_time() - t0) / 1000);
+    g_autofree char *run0 = NULL, *scan0 = NULL, *sleep0 = NULL;
+    if (ksm) {
+        run0 = read_sys("/sys/kernel/mm/ksm/run");
+        scan0 = read_sys("/sys/kernel/mm/ksm/pages_to_scan");
+        sleep0 = read_sys("/sys/kernel/mm/ksm/sleep_millisecs");
+        write_sys("/sys/kernel/mm/ksm/pages_to_scan", "20000");
+        write_sys("/sys/kernel/mm/ksm/sleep_millisecs", "10");
+        write_sys("/sys/kernel/mm/ksm/run", "1");
+        spin(40000);
+    } else {
+        spin(5000);
+    }
+    guint vms;
+    guint64 rss, pss;
+    qemu_mem(needle, &vms, &rss, &pss);
+    g_autofree char *shared = read_sys("/sys/kernel/mm/ksm/pages_sharing");
+    printf("# %s: vms=%u rss_total_mb=%" G_GUINT64_FORMAT " pss_total_mb=%" G_GUINT64_FORMAT
+           " rss_per_vm_mb=%" G_GUINT64_FORMAT " pss_per_vm_mb=%" G_GUINT64_FORMAT
+           " ksm_pages_sharing=%s\n",
+           label, vms, rss >> 10, pss >> 10, vms ? (rss / vms) >> 10 : 0,
+           vms ? (pss / vms) >> 10 : 0, shared ? shared : "?");
+    fflush(stdout);
+    if (ksm) {
+        write_sys("/sys/kernel/mm/ksm/run", run0 ? run0 : "0");
+        if (scan0)
+            write_sys("/sys/kernel/mm/ksm/pages_to_scan", scan0);
+        if (sleep0)
+            write_sys("/sys/kernel/mm/ksm/sleep_millisecs", sleep0);
+    }
+    for (guint i = 0; i < sessions->len; i++)
+        sbx_session_close(g_ptr_array_index(sessions, i), SBX_SESSION_CLOSED_BY_CALLER);
+    g_ptr_array_set_size(sessions, 0);
+    while (sbx_manager_get_n_vms(mgr) > 0)
+        spin(100);
+}
+
+int
+main(int argc, char **argv)
+{
+    guint n = argc > 1 ? (guint)atoi(argv[1]) : 5;
+    guint idle = argc > 2 ? (guint)atoi(argv[2]) : 10;
+    const char *phases = argc > 3 ? argv[3] : "cltwpk";
+    const char *guest = g_getenv("SBX_GUEST_DIR");
+    if (guest == NULL) {
+        printf("1..0 # SKIP set SBX_GUEST_DIR\n");
+        return 77;
+    }
+    const char *rt_env = g_getenv("SBX_BENCH_RUNTIME_DIR");
+    g_autofree char *rt = rt_env ? g_strdup(rt_env) : g_dir_make_tmp("sbx-l1-bench-XXXXXX", NULL);
+    l1_dir = g_build_filename(rt, "l1", NULL);
+    g_autofree char *vms = g_build_filename(rt, "vms", NULL);
+    SbxConfig *cfg = sbx_config_new_default();
+    g_free(cfg->guest_dir);
+    cfg->guest_dir = g_strdup(guest);
+    g_free(cfg->runtime_dir);
+    cfg->runtime_dir = g_strdup(rt);
+    cfg->accel = SBX_ACCEL_MODE_TCG;
+    cfg->cpu_overcommit_ratio = 40.0; /* room for the idle-VM memory phase */
+    g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
+    g_autoptr(GAsyncResult) started = NULL;
+    g_autoptr(GError) error = NULL;
+    sbx_manager_start_async(mgr, NULL, on_done, &started);
+    if (!sbx_manager_start_finish(mgr, wait_result(&started), &error)) {
+        printf("# start failed: %s\n", error->message);
+        return 1;
+    }
+    printf("# accel %s, runtime dir %s, %u runs per series\n", sbx_manager_get_accel(mgr), rt, n);
+
+    g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
+    g_setenv("SCHEDULERD_L1_PRESTART", "0", TRUE);
+    if (strchr(phases, 'c')) {
+        g_setenv("SCHEDULERD_L1", "0", TRUE);
+        series(mgr, "cold", n, NULL);
+    }
+    g_unsetenv("SCHEDULERD_L1");
+    g_autoptr(SbxRunResult) first = run1(mgr, "print(1)"); /* schedules the build if needed */
+    if (status_u64(mgr, "l1_builds") == 0 && first && !first->l1_hit)
+        wait_status(mgr, "l1_builds", 1, 600);
+    if (strchr(phases, 'l'))
+        series(mgr, "l1 (fresh QEMU)", n, NULL);
+    if (strchr(phases, 't')) {
+        g_setenv("SCHEDULERD_L1_PRESTART", "1", TRUE);
+        g_autoptr(SbxRunResult) r = run1(mgr, "print(1)"); /* learns the template */
+        series(mgr, "l1 (pre-started QEMU)", n, before_prestarted);
+        g_setenv("SCHEDULERD_L1_PRESTART", "0", TRUE);
+    }
+    if (strchr(phases, 'p')) {
+        g_setenv("SCHEDULERD_L1_PREFETCH", "0", TRUE);
+        series(mgr, "l1 evicted, no prefetch", n, before_evict);
+        g_unsetenv("SCHEDULERD_L1_PREFETCH");
+        series(mgr, "l1 evicted, prefetch", n, before_evict);
+    }
+    if (strchr(phases, 'w')) {
+        g_setenv("SCHEDULERD_WARM_POOL", "1", TRUE);
+        g_autoptr(SbxRunResult) r = run1(mgr, "print(1)"); /* marks python used */
+        series(mgr, "warm pool", n, before_warm);
+        g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
+        spin(1000);
+    }
+    if (strchr(phases, 'k')) {
+        g_autofree char *needle = g_build_filename(vms, "vm-", NULL);
+        g_setenv("SCHEDULERD_L1", "0", TRUE);
+        idle_vms(mgr, "idle cold-booted", MIN(idle, 4), needle, FALSE);
+        g_unsetenv("SCHEDULERD_L1");
+        idle_vms(mgr, "idle L1-restored", idle, needle, FALSE);
+        idle_vms(mgr, "idle L1-restored + KSM", idle, needle, TRUE);
+    }
+    g_autoptr(GAsyncResult) down = NULL;
+    sbx_manager_shutdown_async(mgr, on_done, &down);
+    (void)sbx_manager_shutdown_finish(mgr, wait_result(&down), NULL);
+    return 0;
+}
