@@ -331,6 +331,15 @@ main(void)
         OK(res.exit_code == 137 && res.retire, "kill -9 in the VM gives 137 and retire (%d)", res.exit_code);
     }
     {
+        /* A real OOM in the 512 MiB guest: the kernel kills the user's python (oom_score_adj
+         * 500), not the agent; 137 + retire; the agent keeps serving. */
+        g_autofree char *o = exec(g, SBX_LANGUAGE_PYTHON,
+                                  "hog = []\nwhile True:\n    hog.append(bytearray(32 * 1024 * 1024))", 120, &res);
+        OK(res.exit_code == 137 && res.retire && !res.timed_out, "OOM in the guest gives 137 and retire (%d)", res.exit_code);
+        g_autofree char *after = exec(g, SBX_LANGUAGE_RAW, "echo alive", 60, &res);
+        OK(g_str_equal(after, "alive\n"), "the agent survives the OOM kill");
+    }
+    {
         /* 8 MiB file round trip through the virtio-serial port. */
         const gsize size = 8 * 1024 * 1024;
         g_autofree guint8 *data = g_malloc(size);
