@@ -70,6 +70,7 @@ typedef struct {
 G_DEFINE_FINAL_TYPE(SbxPool, sbx_pool, G_TYPE_OBJECT)
 
 static void pool_kick_now(SbxPool *self);
+static char *template_key(SbxPool *self, SbxLanguage language, guint memory_mb, GError **error);
 static void shutdown_check(SbxPool *self);
 
 /* ---- switches ------------------------------------------------------------ */
@@ -103,7 +104,18 @@ sbx_pool_new(const SbxPoolDeps *deps, GError **error)
     SbxPool *self = g_object_new(SBX_TYPE_POOL, NULL);
     self->d = *deps;
     self->cache = g_steal_pointer(&cache);
-    self->health_timer = 0;
+    /* templates of another image / QEMU / config are dead weight: the current
+     * keys are the default-memory ones of each language */
+    g_autoptr(GPtrArray) keep = g_ptr_array_new_with_free_func(g_free);
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++) {
+        char *k = template_key(self, l, deps->cfg->default_memory_mb, NULL);
+        if (k)
+            g_ptr_array_add(keep, k);
+    }
+    g_ptr_array_add(keep, NULL);
+    guint pruned = sbx_template_cache_prune(self->cache, (const char *const *)keep->pdata);
+    if (pruned)
+        g_info("removed %u stale L1 template(s)", pruned);
     return self;
 }
 

@@ -382,6 +382,38 @@ sbx_template_cache_lookup(SbxTemplateCache *self, const char *key, GError **erro
     return sbx_template_ref(t);
 }
 
+guint
+sbx_template_cache_prune(SbxTemplateCache *self, const char *const *keep)
+{
+    g_autoptr(GDir) d = g_dir_open(self->dir, 0, NULL);
+    g_autoptr(GHashTable) gone = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    const char *n;
+    while (d && (n = g_dir_read_name(d)) != NULL) {
+        const char *dot = strchr(n, '.');
+        if (!g_str_has_prefix(n, "l1-") || dot == NULL)
+            continue;
+        g_autofree char *key = g_strndup(n, (gsize)(dot - n));
+        if ((keep && g_strv_contains(keep, key)) || sbx_template_cache_is_building(self, key))
+            continue;
+        g_hash_table_add(gone, g_steal_pointer(&key));
+    }
+    GHashTableIter it;
+    gpointer k;
+    guint removed = 0;
+    g_hash_table_iter_init(&it, gone);
+    while (g_hash_table_iter_next(&it, &k, NULL)) {
+        /* not while another process builds it */
+        g_autofree char *lock_path = g_strdup_printf("%s/%s.lock", self->dir, (char *)k);
+        g_auto(SbxFd) lock = open(lock_path, O_RDWR | O_CLOEXEC);
+        if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) != 0)
+            continue;
+        sbx_template_cache_remove(self, k);
+        (void)unlink(lock_path);
+        removed++;
+    }
+    return removed;
+}
+
 /* ---- build -------------------------------------------------------------- */
 
 typedef struct {

@@ -70,6 +70,10 @@ const char *sbx_template_cache_get_dir(SbxTemplateCache *self);
 SbxTemplate *sbx_template_cache_lookup(SbxTemplateCache *self, const char *key, GError **error);
 /* Forget and delete @key's entry (after a restore from it failed). */
 void sbx_template_cache_remove(SbxTemplateCache *self, const char *key);
+/* Delete every entry whose key is not in @keep (NULL-terminated) and that no
+ * process is building: templates of an older image, QEMU or config. Returns
+ * how many were removed. */
+guint sbx_template_cache_prune(SbxTemplateCache *self, const char *const *keep);
 /* TRUE while this process builds @key. */
 gboolean sbx_template_cache_is_building(SbxTemplateCache *self, const char *key);
 
