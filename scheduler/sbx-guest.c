@@ -67,6 +67,7 @@ typedef struct {
     gboolean end_seen;
     gint64 end_size;
     GBytes *inflight;      /* chunk being written to dest */
+    GCancellable *io_cancel; /* cancels the pending stream operation when the request fails */
     GError *deferred;      /* failure decided while a stream callback was pending */
 } Req;
 
@@ -130,6 +131,7 @@ req_free(Req *r)
     g_clear_object(&r->dest);
     g_queue_clear_full(&r->chunks, (GDestroyNotify)g_bytes_unref);
     g_clear_pointer(&r->inflight, g_bytes_unref);
+    g_clear_object(&r->io_cancel);
     g_clear_error(&r->deferred);
     g_clear_object(&r->task);
     g_free(r);
@@ -157,6 +159,8 @@ req_fail(SbxGuest *self, Req *r, GError *error)
             r->deferred = error;
         else
             g_error_free(error);
+        /* A source or destination stream may never complete on its own (a pipe). */
+        g_cancellable_cancel(r->io_cancel);
         return;
     }
     task = req_take(self, r);
@@ -318,6 +322,7 @@ req_new(SbxGuest *self, ReqKind kind, GCancellable *cancellable, GAsyncReadyCall
     r->kind = kind;
     r->task = g_steal_pointer(&task);
     g_queue_init(&r->chunks);
+    r->io_cancel = g_cancellable_new();
     g_hash_table_insert(self->pending, &r->id, r);
     if (cancellable)
         r->cancel_id = g_cancellable_connect(cancellable, G_CALLBACK(on_cancelled), r, NULL);
@@ -474,8 +479,8 @@ read_pump(SbxGuest *self, Req *r)
     }
     r->dest_busy = TRUE;
     g_output_stream_write_all_async(r->dest, g_bytes_get_data(r->inflight, NULL),
-                                    g_bytes_get_size(r->inflight), G_PRIORITY_DEFAULT, NULL,
-                                    on_dest_written, r);
+                                    g_bytes_get_size(r->inflight), G_PRIORITY_DEFAULT,
+                                    r->io_cancel, on_dest_written, r);
 }
 
 static void
@@ -1053,8 +1058,8 @@ write_pump(SbxGuest *self, Req *r)
     if (r->src_busy || r->src_done || outq_pending(self) >= OUTQ_HIGH)
         return;
     r->src_busy = TRUE;
-    g_input_stream_read_bytes_async(r->src, SBX_FRAME_FILE_CHUNK, G_PRIORITY_DEFAULT, NULL,
-                                    on_src_read, r);
+    g_input_stream_read_bytes_async(r->src, SBX_FRAME_FILE_CHUNK, G_PRIORITY_DEFAULT,
+                                    r->io_cancel, on_src_read, r);
 }
 
 void

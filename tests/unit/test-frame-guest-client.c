@@ -16,6 +16,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <gio/gunixinputstream.h>
 #include <glib-unix.h>
 
 #include "common/sbx-frame.h"
@@ -413,6 +415,32 @@ test_input_validated_before_sending(void **state)
         assert_string_equal(((SbxFrame *)l->data)->type, "hello");
 }
 
+static void
+test_stalled_upload_fails_on_close(void **state)
+{
+    Fixture *fx = *state;
+    GAsyncResult *r = NULL;
+    g_autoptr(GError) error = NULL;
+    int p[2];
+    SbxFrame *req;
+
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    g_autoptr(GInputStream) in = g_unix_input_stream_new(p[0], TRUE);
+    peer_send(&fx->peer, hello_header(SBX_PROTOCOL_VERSION), NULL, 0);
+    assert_true(hello(fx, NULL));
+    /* The source never delivers a byte; the agent goes away meanwhile. */
+    sbx_guest_write_file_async(fx->guest, "stalled.bin", in, 0644, NULL, on_done, &r);
+    req = peer_recv(&fx->peer);
+    assert_string_equal(req->type, "write_file");
+    sbx_frame_free(req);
+    g_clear_handle_id(&fx->peer.watch, g_source_remove);
+    shutdown(fx->peer.fd, SHUT_RDWR);
+    assert_false(sbx_guest_write_file_finish(fx->guest, wait_result(&r), NULL, &error));
+    assert_true(g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED));
+    close(p[1]);
+    g_object_unref(r);
+}
+
 int
 main(void)
 {
@@ -426,6 +454,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_wrong_frame_type_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agent_error_maps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_input_validated_before_sending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stalled_upload_fails_on_close, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
