@@ -26,6 +26,9 @@ if [ ! -f "${SBX_GUEST_DIR:-}/vmlinux" ]; then
     echo "1..0 # SKIP no guest image in SBX_GUEST_DIR (make guest-image)"
     exit 77
 fi
+# No L1 templates or warm pool here: every QEMU under $rt is then a session's or
+# a run's, so "no VM left" is exact (and no background builds compete for CPU).
+export SCHEDULERD_L1=0 SCHEDULERD_WARM_POOL=0
 work=$(mktemp -d /tmp/sbx-session-test.XXXXXX)
 rt=$work/run
 daemon_pid=
