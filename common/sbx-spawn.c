@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT
  *
  * sbx-spawn: the one spawn helper for every child process. Builds on
- * GSubprocessLauncher: fds are remapped with take_fd, a child-setup hook puts
- * the child in its own process group and its cgroups before exec, and the
- * merged stdout/stderr pipe is drained asynchronously into a bounded ring.
- * Reaping goes through g_subprocess_wait_async (GLib's child watch).
+ * g_spawn_async_with_pipes_and_fds: fds are remapped to fixed numbers, a
+ * child-setup hook puts the child in its own process group and its cgroups
+ * before exec, and the merged stdout/stderr pipe is drained asynchronously
+ * into a bounded ring. Reaping goes through GLib's child watch (no SIGCHLD
+ * handler of ours, no waitpid(-1)).
  * Used by qsd/, gvproxy-glue/ and scheduler/; depends on nothing else here.
  */
 #define G_LOG_DOMAIN "sbx-spawn"
@@ -13,6 +14,8 @@
 #include "common/sbx-fd.h"
 
 #include <fcntl.h>
+#include <glib-unix.h>
+#include <gio/gunixinputstream.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -142,7 +145,8 @@ sbx_spawn_spec_get_argv(SbxSpawnSpec *spec)
 
 struct _SbxChild {
     GObject parent_instance;
-    GSubprocess *proc;
+    GInputStream *out;  /* merged stdout+stderr pipe */
+    guint watch_id;     /* child watch until reaped */
     GPid pid;
     char *name;
     GCancellable *cancellable;
@@ -237,17 +241,14 @@ start_drain(SbxChild *self, GInputStream *stream)
 }
 
 static void
-wait_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+child_watch_cb(GPid pid, int status, gpointer user_data)
 {
-    g_autoptr(SbxChild) self = user_data;
-    g_autoptr(GError) error = NULL;
-
-    if (!g_subprocess_wait_finish(G_SUBPROCESS(source), res, &error))
-        return; /* cancelled by dispose */
+    SbxChild *self = user_data;
+    self->watch_id = 0;
     self->exited = TRUE;
-    self->status = g_subprocess_get_status(self->proc);
-    g_debug("%s[%d] %s", self->name, (int)self->pid,
-            WIFEXITED(self->status) ? "exited" : "was killed");
+    self->status = status;
+    g_spawn_close_pid(pid);
+    g_debug("%s[%d] %s", self->name, (int)pid, WIFEXITED(status) ? "exited" : "was killed");
     GTask *task;
     while ((task = g_queue_pop_head(&self->waiters)) != NULL) {
         g_task_return_boolean(task, TRUE);
@@ -255,54 +256,79 @@ wait_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     }
 }
 
+/* argv[0] resolved and the environment: ours plus the spec's overrides. */
+static GStrv
+child_environ(SbxSpawnSpec *spec)
+{
+    GStrv envp = g_get_environ();
+    for (guint i = 0; i < spec->env->len; i++) {
+        g_auto(GStrv) kv = g_strsplit(g_ptr_array_index(spec->env, i), "=", 2);
+        envp = g_environ_setenv(envp, kv[0], kv[1] ? kv[1] : "", TRUE);
+    }
+    return envp;
+}
+
 SbxChild *
 sbx_child_spawn(SbxSpawnSpec *spec, GError **error)
 {
-    g_autoptr(GSubprocessLauncher) launcher = NULL;
     g_autoptr(SbxChild) self = NULL;
-    ChildSetup *cs;
     const char *const *argv = sbx_spawn_spec_get_argv(spec);
+    g_auto(GStrv) envp = child_environ(spec);
+    g_auto(SbxFd) out_r = -1;
+    g_auto(SbxFd) out_w = -1;
+    g_autofree int *sources = g_new0(int, spec->fds->len + 1);
+    g_autofree int *targets = g_new0(int, spec->fds->len + 1);
+    ChildSetup cs = {0};
+    GPid pid = 0;
+    gboolean ok;
 
     g_return_val_if_fail(argv[0] != NULL, NULL);
 
-    launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDIN_INHERIT |
-                                         (spec->console_size > 0 ? G_SUBPROCESS_FLAGS_STDOUT_PIPE |
-                                                                       G_SUBPROCESS_FLAGS_STDERR_MERGE
-                                                                 : G_SUBPROCESS_FLAGS_STDOUT_SILENCE |
-                                                                       G_SUBPROCESS_FLAGS_STDERR_SILENCE));
-    for (guint i = 0; i < spec->env->len; i++) {
-        g_auto(GStrv) kv = g_strsplit(g_ptr_array_index(spec->env, i), "=", 2);
-        g_subprocess_launcher_setenv(launcher, kv[0], kv[1] ? kv[1] : "", TRUE);
+    /* stdout and stderr share one pipe drained into the console ring; without a
+     * ring they go to /dev/null. stdin is always /dev/null: QEMU's -serial stdio
+     * must never read the caller's terminal. */
+    if (spec->console_size > 0) {
+        int p[2];
+        if (!g_unix_open_pipe(p, FD_CLOEXEC, error))
+            return NULL;
+        out_r = p[0];
+        out_w = p[1];
+    } else {
+        out_w = open("/dev/null", O_WRONLY | O_CLOEXEC);
     }
     for (guint i = 0; i < spec->fds->len; i++) {
         SbxFdMap *m = &g_array_index(spec->fds, SbxFdMap, i);
-        g_subprocess_launcher_take_fd(launcher, sbx_steal_fd(&m->source), m->target);
+        sources[i] = m->source;
+        targets[i] = m->target;
     }
-    g_array_set_size(spec->fds, 0);
+    for (guint i = 0; i < spec->cgroups->len && i < SBX_SPAWN_MAX_CGROUPS; i++)
+        cs.cgroups[cs.n_cgroups++] = g_ptr_array_index(spec->cgroups, i);
+    cs.die_with_parent = spec->die_with_parent;
+    cs.parent = getpid();
 
-    cs = g_new0(ChildSetup, 1);
-    for (guint i = 0; i < spec->cgroups->len; i++)
-        cs->cgroups[cs->n_cgroups++] = g_strdup(g_ptr_array_index(spec->cgroups, i));
-    cs->die_with_parent = spec->die_with_parent;
-    cs->parent = getpid();
-    g_subprocess_launcher_set_child_setup(launcher, child_setup, cs, NULL);
-
-    self = g_object_new(SBX_TYPE_CHILD, NULL);
-    self->name = g_path_get_basename(argv[0]);
-    self->proc = g_subprocess_launcher_spawnv(launcher, argv, error);
-    for (guint i = 0; i < cs->n_cgroups; i++)
-        g_free(cs->cgroups[i]);
-    g_free(cs);
-    if (self->proc == NULL) {
+    /* g_spawn (not GSubprocess): it returns the pid itself, where GSubprocess's
+     * identifier is already gone when a fast child has been reaped. */
+    ok = g_spawn_async_with_pipes_and_fds(NULL, argv, (const char *const *)envp,
+                                          G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD,
+                                          child_setup, &cs, -1, out_w, out_w, sources, targets,
+                                          spec->fds->len, &pid, NULL, NULL, NULL, error);
+    spec_close_fds(spec); /* the child has its copies; ours were only for the spawn */
+    sbx_fd_close(&out_w);
+    if (!ok) {
         g_prefix_error(error, "cannot start %s: ", argv[0]);
         return NULL;
     }
-    self->pid = (GPid)g_ascii_strtoll(g_subprocess_get_identifier(self->proc), NULL, 10);
+    self = g_object_new(SBX_TYPE_CHILD, NULL);
+    self->name = g_path_get_basename(argv[0]);
+    self->pid = pid;
     self->ring_size = spec->console_size;
     self->ring = self->ring_size ? g_malloc(self->ring_size) : NULL;
-    if (spec->console_size > 0)
-        start_drain(self, g_subprocess_get_stdout_pipe(self->proc));
-    g_subprocess_wait_async(self->proc, self->cancellable, wait_cb, g_object_ref(self));
+    if (out_r >= 0) {
+        self->out = g_unix_input_stream_new(sbx_steal_fd(&out_r), TRUE);
+        start_drain(self, self->out);
+    }
+    self->watch_id = g_child_watch_add_full(G_PRIORITY_DEFAULT, pid, child_watch_cb,
+                                            g_object_ref(self), g_object_unref);
     return g_steal_pointer(&self);
 }
 
@@ -420,7 +446,7 @@ static void
 sbx_child_finalize(GObject *object)
 {
     SbxChild *self = SBX_CHILD(object);
-    g_clear_object(&self->proc);
+    g_clear_object(&self->out);
     g_clear_object(&self->cancellable);
     g_free(self->ring);
     g_free(self->name);

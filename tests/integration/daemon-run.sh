@@ -10,7 +10,7 @@ set -u
 if [ -z "${DBUS_SESSION_BUS_ADDRESS:-}" ] || [ -z "${SBX_DAEMON_TEST_INNER:-}" ]; then
     if ! command -v dbus-run-session >/dev/null; then
         echo "1..0 # SKIP dbus-run-session not installed (ci/deps.sh installs dbus-daemon)"
-        exit 77
+        exit 0
     fi
     export SBX_DAEMON_TEST_INNER=1
     exec dbus-run-session -- bash "$0" "$@" 2> >(grep -v 'Failed to set fd limit' >&2)
@@ -20,7 +20,7 @@ b=${top_builddir:?}
 ctl=$b/schedulerctl
 if [ ! -f "${SBX_GUEST_DIR:-}/vmlinux" ]; then
     echo "1..0 # SKIP no guest image in SBX_GUEST_DIR (make guest-image)"
-    exit 77
+    exit 0
 fi
 work=$(mktemp -d /tmp/sbx-daemon-test.XXXXXX)
 rt=$work/run

@@ -287,8 +287,9 @@ int
 main(void)
 {
     if (!g_find_program_in_path("qemu-storage-daemon")) {
+        /* TAP: a skip is a plan of 0 with a reason, and exit 0 */
         printf("1..0 # SKIP qemu-storage-daemon not installed (ci/deps.sh installs it)\n");
-        return 77;
+        return 0;
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_overlay_create, setup, teardown),
