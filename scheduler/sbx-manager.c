@@ -333,6 +333,7 @@ struct _RunData {
     SbxRunResult *result;
     GError *error;
     guint setup_pending;
+    guint exec_deadline_id; /* host-side hard deadline of a dispatched exec */
     gboolean exec_done;
     gboolean dispatched;
     gboolean retire;        /* the guest asked for the VM to be retired (exit 137) */
@@ -351,6 +352,7 @@ static void shutdown_continue(SbxManager *self);
 static void
 run_data_free(RunData *d)
 {
+    g_clear_handle_id(&d->exec_deadline_id, g_source_remove);
     for (int i = 0; i < 2; i++) {
         g_queue_clear_full(&d->sink[i].chunks, (GDestroyNotify)g_bytes_unref);
         g_clear_object(&d->sink[i].stream);
@@ -549,6 +551,7 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     SbxGuestExecResult r = {0};
     GError *error = NULL;
 
+    g_clear_handle_id(&d->exec_deadline_id, g_source_remove);
     if (!sbx_guest_exec_finish(SBX_GUEST(source), res, &r, &error)) {
         if (g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED) && d->vm) {
             g_autofree char *tail = sbx_vm_dup_console_tail(d->vm, 5);
@@ -558,6 +561,7 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     } else {
         d->result->exit_code = r.exit_code;
         d->result->timed_out = r.timed_out;
+        d->result->guest_exec_us = r.duration_us;
         d->retire = r.retire;
         g_free(d->result->output_limit);
         d->result->output_limit =
@@ -567,12 +571,31 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     sink_pump(d, &d->sink[0]);
 }
 
+/* The agent enforces the timeout; this catches a guest that stopped answering. */
+#define SBX_EXEC_DEADLINE_MARGIN_S 15
+
+static gboolean
+exec_deadline_cb(gpointer user_data)
+{
+    RunData *d = user_data;
+    d->exec_deadline_id = 0;
+    run_set_error(d, g_error_new(SBX_ERROR, SBX_ERROR_OUTCOME_UNKNOWN,
+                                 "the guest did not report the end of the code within %u s "
+                                 "(its timeout + %d s); the VM was destroyed",
+                                 d->timeout_s + SBX_EXEC_DEADLINE_MARGIN_S,
+                                 SBX_EXEC_DEADLINE_MARGIN_S));
+    g_cancellable_cancel(d->cancellable);
+    return G_SOURCE_REMOVE;
+}
+
 /* Send the code of @d to its booted VM; output streams to the sinks. */
 static void
 run_exec(RunData *d)
 {
     progress(d, SBX_RUN_STAGE_EXEC);
     d->dispatched = TRUE;
+    d->exec_deadline_id =
+        g_timeout_add_seconds(d->timeout_s + SBX_EXEC_DEADLINE_MARGIN_S, exec_deadline_cb, d);
     sbx_guest_exec_async(sbx_vm_get_guest(d->vm), d->language, d->code, d->timeout_s, d->env,
                          output_cb, d, NULL, d->cancellable, exec_cb, d);
 }
