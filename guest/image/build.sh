@@ -218,6 +218,9 @@ if [ ! -f "$tdir/packages" ]; then
             || [ -e "$root/usr/sbin/$name" ] || [ "$name" = init ] || [ "$name" = linuxrc ] \
             || { mkdir -p "$root/${applet%/*}"; ln -s /bin/busybox "$root/$applet"; }
     done
+    # What update-ca-certificates would write (every certificate ca-certificates ships).
+    mkdir -p "$root/etc/ssl/certs"
+    find "$root/usr/share/ca-certificates" -name '*.crt' | sort | xargs cat > "$root/etc/ssl/certs/ca-certificates.crt"
     rm -rf "$root"/usr/share/doc "$root"/usr/share/man "$root"/usr/share/info "$root"/usr/share/lintian \
            "$root"/usr/share/locale "$root"/usr/share/bug "$root"/usr/include "$root"/usr/share/bash-completion
     # Precompile the standard library. unchecked-hash pycs are used without stat()ing the

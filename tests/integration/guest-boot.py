@@ -158,7 +158,7 @@ def sha256_file(path):
 def rootfs_contents(image, manifest, dest):
     """fsck.erofs --extract the root and check its contents: (ok, name, diagnostics)."""
     name = ("rootfs.erofs extracts cleanly; has python3, Debian node 18, sh, .pyc, user 1000, "
-            "the manifest's agent, no docs")
+            "CA certificates, the manifest's agent, no docs")
     fsck = shutil.which("fsck.erofs")
     if not fsck:
         return False, name, "fsck.erofs not installed (erofs-utils)"
@@ -174,6 +174,13 @@ def rootfs_contents(image, manifest, dest):
                 "usr/lib/python3.11/__pycache__/os.cpython-311.pyc"):
         if not has(rel):
             problems.append("missing /" + rel)
+    try:
+        with open(os.path.join(dest, "usr/lib/ssl/cert.pem")) as f:  # openssl's default CAfile
+            ncerts = f.read().count("BEGIN CERTIFICATE")
+    except OSError:
+        ncerts = 0
+    if ncerts < 50:
+        problems.append("TLS trust store /usr/lib/ssl/cert.pem has %d certificates" % ncerts)
     for rel in ("usr/share/doc", "usr/share/man"):
         if has(rel):
             problems.append("/%s not stripped" % rel)
