@@ -225,7 +225,12 @@ read_sys(const char *path)
 static void
 write_sys(const char *path, const char *v)
 {
-    (void)g_file_set_contents(path, v, -1, NULL);
+    /* sysfs: a plain write (g_file_set_contents would rename a temp file) */
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, v, strlen(v)) < 0)
+        printf("# could not write %s to %s\n", v, path);
+    if (fd >= 0)
+        close(fd);
 }
 
 static void
