@@ -16,6 +16,8 @@ pkgs=(
   kmod cpio lz4 erofs-utils squashfs-tools busybox-static e2fsprogs binutils
   # tests
   python3 socat xfsprogs util-linux procps iproute2 file
+  # benchmarks (make bench): host anchor under bubblewrap, the latency plot
+  bubblewrap gnuplot-nox
 )
 
 missing=()

@@ -63,6 +63,7 @@ typedef struct {
     char *accel;
     guint64 cpu_ms;
     guint64 memory_peak_mb;
+    guint64 guest_exec_us; /* guest-measured duration of the exec (agent's exit frame) */
     GArray *exposed_ports; /* GvpPort with the bound external port; never NULL */
 } SbxRunResult;
 
