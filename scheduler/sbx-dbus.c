@@ -608,6 +608,15 @@ session_created_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     g_signal_connect(e->skeleton, "handle-read-file", G_CALLBACK(handle_session_read_file), e);
     g_signal_connect(e->skeleton, "handle-list-files", G_CALLBACK(handle_session_list_files), e);
     g_signal_connect(e->skeleton, "handle-close", G_CALLBACK(handle_session_close), e);
+    const SbxTimings *t = sbx_session_get_start_timings(session);
+    GVariantBuilder tb;
+    g_variant_builder_init(&tb, G_VARIANT_TYPE("a{st}"));
+    g_variant_builder_add(&tb, "{st}", "admission_ms", (guint64)t->admission_ms);
+    g_variant_builder_add(&tb, "{st}", "setup_ms", (guint64)t->setup_ms);
+    g_variant_builder_add(&tb, "{st}", "boot_ms", (guint64)t->boot_ms);
+    g_variant_builder_add(&tb, "{st}", "restore_ms", (guint64)t->restore_ms);
+    sbx_dbus_scheduler1_session_set_start_timing(e->skeleton, g_variant_builder_end(&tb));
+    sbx_dbus_scheduler1_session_set_id(e->skeleton, sbx_session_get_id(session));
     if (c->detach) {
         unwatch_sender(self, c->sender);
     } else {

@@ -178,6 +178,17 @@ vm_died_cb(SbxVm *vm, const char *how, gpointer user_data)
     sbx_session_close(self, SBX_SESSION_CLOSED_VM_DIED);
 }
 
+static void
+warmed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autoptr(SbxSession) self = user_data;
+    g_autoptr(GError) error = NULL;
+    /* only a head start for the first Exec: it starts the REPL itself if needed */
+    if (!sbx_guest_warm_finish(SBX_GUEST(source), res, &error) && self->close_reason == NULL)
+        g_debug("session %s: warming the %s REPL: %s", self->id,
+                sbx_language_to_string(self->language), error->message);
+}
+
 SbxSession *
 sbx_session_new(SbxManager *manager, SbxVmLease *lease, SbxLanguage language,
                 guint idle_timeout_s)
@@ -197,6 +208,10 @@ sbx_session_new(SbxManager *manager, SbxVmLease *lease, SbxLanguage language,
     self->idle_timeout_s = idle_timeout_s;
     self->died_id = g_signal_connect(self->vm, "died", G_CALLBACK(vm_died_cb), self);
     idle_restart(self);
+    /* start the session's interpreter while the caller uploads or types */
+    if (language != SBX_LANGUAGE_RAW)
+        sbx_guest_warm_async(sbx_vm_get_guest(self->vm), language, self->cancellable, warmed_cb,
+                             g_object_ref(self));
     return self;
 }
 

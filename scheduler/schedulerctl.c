@@ -658,6 +658,34 @@ sess_download(Sess *s, const char *guest, const char *local, GError **error)
     return ok;
 }
 
+/* How the session's VM was started (admission, setup, boot or restore). */
+static void
+sess_start_timings(Sess *s, SbxTimings *out)
+{
+    memset(out, 0, sizeof *out);
+    if (s->session) {
+        *out = *sbx_session_get_start_timings(s->session);
+        return;
+    }
+    g_autoptr(GVariant) reply = g_dbus_connection_call_sync(
+        s->bus, BUS_NAME, s->path, "org.freedesktop.DBus.Properties", "Get",
+        g_variant_new("(ss)", SESSION_IFACE, "StartTiming"), G_VARIANT_TYPE("(v)"),
+        G_DBUS_CALL_FLAGS_NONE, 10000, NULL, NULL);
+    if (reply == NULL)
+        return; /* an older schedulerd: the exec's timings only */
+    g_autoptr(GVariant) v = NULL;
+    g_variant_get(reply, "(v)", &v);
+    guint64 ms;
+    if (g_variant_lookup(v, "admission_ms", "t", &ms))
+        out->admission_ms = (gint64)ms;
+    if (g_variant_lookup(v, "setup_ms", "t", &ms))
+        out->setup_ms = (gint64)ms;
+    if (g_variant_lookup(v, "boot_ms", "t", &ms))
+        out->boot_ms = (gint64)ms;
+    if (g_variant_lookup(v, "restore_ms", "t", &ms))
+        out->restore_ms = (gint64)ms;
+}
+
 static gboolean
 sess_close(Sess *s, GError **error)
 {
@@ -767,9 +795,21 @@ run_with_files(GDBusConnection *bus, SbxRunSpec *spec, SbxConfig *cfg)
 out:
     if (created) {
         g_autoptr(GError) close_error = NULL;
+        SbxTimings st;
+        sess_start_timings(&s, &st);
+        gint64 t0 = g_get_monotonic_time();
         if (!sess_close(&s, &close_error) && !g_error_matches(close_error, SBX_ERROR,
                                                               SBX_ERROR_SESSION_CLOSED))
             g_printerr("schedulerctl: closing the session: %s\n", close_error->message);
+        if (result) { /* the whole run: start, exec, teardown (transfers not counted) */
+            result->timing.admission_ms = st.admission_ms;
+            result->timing.setup_ms = st.setup_ms;
+            result->timing.boot_ms = st.boot_ms;
+            result->timing.restore_ms = st.restore_ms;
+            result->timing.teardown_ms = MAX((g_get_monotonic_time() - t0 + 500) / 1000, 1);
+            result->timing.total_ms += st.admission_ms + st.setup_ms + st.boot_ms +
+                                       st.restore_ms + result->timing.teardown_ms;
+        }
     }
     sess_clear(&s);
     if (mgr)
