@@ -17,6 +17,9 @@
 #include "common/sbx-fd.h"
 
 #define QSD_POOL_PARALLEL 2
+/* Consecutive refill failures retried at once (a storage daemon that died is
+ * restarted by the next request). */
+#define QSD_POOL_DEATH_RETRIES 3
 
 struct _QsdOverlayPool {
     GObject parent_instance;
@@ -28,6 +31,7 @@ struct _QsdOverlayPool {
     guint target;
     GQueue ready;      /* char* paths */
     guint in_flight;   /* background creations */
+    guint death_retries;
     guint64 serial;
     guint64 created;
     guint64 misses;
@@ -97,11 +101,18 @@ created_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 
     self->in_flight--;
     if (!qsd_daemon_create_overlay_finish(QSD_DAEMON(source), res, &error)) {
-        /* Refilling stops until the next take: a broken storage daemon must
-         * not spin. The take path reports the error to its caller. */
+        /* A daemon that died (killed, OOM) while serving is restarted by the
+         * next request, so a failure is retried a few times right away (else
+         * the pool stays short until the next take). After that refilling
+         * stops until the next take: a broken storage daemon must not spin.
+         * The take path reports the error to its caller. */
         g_debug("overlay pool refill failed: %s", error->message);
+        if (!g_cancellable_is_cancelled(self->cancellable) &&
+            self->death_retries++ < QSD_POOL_DEATH_RETRIES)
+            refill(self);
         return;
     }
+    self->death_retries = 0;
     if (g_cancellable_is_cancelled(self->cancellable)) {
         (void)unlink(path);
         return;
