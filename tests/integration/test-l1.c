@@ -21,6 +21,7 @@
 #include <gio/gio.h>
 #include <glib/gstdio.h>
 
+#include "scheduler/sbx-admission.h"
 #include "scheduler/sbx-manager.h"
 
 static int test_no;
@@ -226,7 +227,7 @@ main(void)
     cfg->accel = SBX_ACCEL_MODE_TCG;
     g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
 
-    printf("1..17\n");
+    printf("1..18\n");
     g_autoptr(GAsyncResult) started = NULL;
     g_autoptr(GError) error = NULL;
     sbx_manager_start_async(mgr, NULL, on_done, &started);
@@ -312,7 +313,58 @@ main(void)
            a.result->timing.admission_ms == 0,
        "a default run is served by the warm pool (warm_pool_hit)");
     run_clear(&a);
-    g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
+
+    /* 16: a request that finds no capacity evicts an idle pooled VM. Fill the pool
+     * again, then start as many concurrent runs as fit in the free capacity + 1. */
+    gboolean refilled = wait_status(mgr, "warm_pool_python", 1, 600);
+    g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE); /* no refill from here on */
+    g_setenv("SCHEDULERD_L1", "0", TRUE);        /* and no template builds */
+    SbxAdmissionConfig acfg;
+    sbx_admission_config_init(&acfg);
+    acfg.memory_overcommit_ratio = cfg->memory_overcommit_ratio;
+    acfg.cpu_overcommit_ratio = cfg->cpu_overcommit_ratio;
+    acfg.memory_reserve_ratio = cfg->memory_reserve_ratio;
+    acfg.cpu_reserve_cores = cfg->cpu_reserve_cores;
+    acfg.vm_memory_overhead_bytes = (guint64)cfg->vm_overhead_mb << 20;
+    acfg.tcg_tb_cache_bytes = (guint64)cfg->tcg_cache_mb << 20;
+    guint64 vm_mem, vm_cpu;
+    sbx_admission_config_vm_cost(&acfg, (guint64)cfg->default_memory_mb << 20, cfg->vcpus, TRUE,
+                                 &vm_mem, &vm_cpu);
+    guint64 free_mem = ((status_u64(mgr, "memory_budget_mb") - status_u64(mgr, "memory_used_mb"))
+                        << 20) / vm_mem;
+    guint64 free_cpu =
+        (status_u64(mgr, "cpu_budget_millis") - status_u64(mgr, "cpu_used_millis")) / vm_cpu;
+    guint k = (guint)MIN(free_mem, free_cpu) + 1;
+    guint64 evict0 = status_u64(mgr, "warm_pool_evictions");
+    if (!refilled || k > 4) {
+        printf("ok %d - # SKIP eviction: pool %s, %u concurrent runs needed\n", ++test_no,
+               refilled ? "full" : "not refilled", k);
+    } else {
+        GAsyncResult *res[4] = {NULL};
+        GOutputStream *outs[4] = {NULL};
+        for (guint i = 0; i < k; i++) {
+            g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
+            spec->language = SBX_LANGUAGE_RAW;
+            spec->code = g_bytes_new_static("echo r", 6);
+            outs[i] = g_memory_output_stream_new_resizable();
+            sbx_manager_run_async(mgr, spec, outs[i], NULL, NULL, NULL, NULL, on_done, &res[i]);
+        }
+        guint good = 0;
+        for (guint i = 0; i < k; i++) {
+            g_autoptr(SbxRunResult) rr = sbx_manager_run_finish(mgr, wait_result(&res[i]), NULL);
+            g_output_stream_close(outs[i], NULL, NULL);
+            GMemoryOutputStream *m = G_MEMORY_OUTPUT_STREAM(outs[i]);
+            g_autofree char *o = g_strndup(g_memory_output_stream_get_data(m),
+                                           g_memory_output_stream_get_data_size(m));
+            good += rr && g_strcmp0(o, "r\n") == 0;
+            g_object_unref(res[i]);
+            g_object_unref(outs[i]);
+        }
+        OK(good == k && status_u64(mgr, "warm_pool_evictions") == evict0 + 1 &&
+               status_u64(mgr, "warm_pool_python") == 0,
+           "%u concurrent runs that did not fit evicted the idle pooled VM and all ran", k);
+    }
+    g_unsetenv("SCHEDULERD_L1");
 
     /* 16-17: shutdown leaves nothing behind */
     g_autoptr(GAsyncResult) down = NULL;
