@@ -224,10 +224,18 @@ file_id_add_json(JsonBuilder *b, const char *name, const FileId *id)
     json_builder_end_object(b);
 }
 
+/* The object member @name, NULL when missing or not an object (no criticals). */
+static JsonObject *
+member_object(JsonObject *o, const char *name)
+{
+    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
+    return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
 static gboolean
 file_id_from_json(JsonObject *files, const char *name, FileId *out)
 {
-    JsonObject *o = json_object_get_object_member(files, name);
+    JsonObject *o = member_object(files, name);
     if (o == NULL)
         return FALSE;
     out->size = (guint64)json_object_get_int_member_with_default(o, "size", -1);
@@ -323,7 +331,7 @@ load_meta(const char *dir, const char *key, GError **error)
         return NULL;
     JsonNode *root = json_parser_get_root(parser);
     JsonObject *o = root && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
-    JsonObject *files = o ? json_object_get_object_member(o, "files") : NULL;
+    JsonObject *files = member_object(o, "files");
     if (o == NULL || files == NULL ||
         json_object_get_int_member_with_default(o, "format", 0) != SBX_TEMPLATE_FORMAT ||
         g_strcmp0(json_object_get_string_member_with_default(o, "key", ""), key) != 0 ||
@@ -337,7 +345,9 @@ load_meta(const char *dir, const char *key, GError **error)
     t->disk_format = g_strdup(json_object_get_string_member_with_default(o, "disk_format", "qcow2"));
     t->disk_size = (guint64)json_object_get_int_member_with_default(o, "disk_size", 0);
     t->memory_mb = (guint)json_object_get_int_member_with_default(o, "memory_mb", 0);
-    JsonArray *hot = json_object_get_array_member(o, "hot_pages");
+    JsonNode *hot_node = json_object_get_member(o, "hot_pages");
+    JsonArray *hot = hot_node && JSON_NODE_HOLDS_ARRAY(hot_node) ? json_node_get_array(hot_node)
+                                                                  : NULL;
     long page = sysconf(_SC_PAGESIZE);
     for (guint i = 0; hot && i < json_array_get_length(hot); i++) {
         guint64 v = (guint64)json_array_get_int_element(hot, i);
