@@ -133,6 +133,13 @@ sbx_qemu_build_argv(const char *qemu_binary, const SbxQemuConfig *cfg)
         add(argv, "virtio-blk-device,drive=work,serial=sbx-work");
     }
 
+    /* Entropy from the host: without it the guest CRNG is not ready seconds
+     * after boot and the first getrandom() of an interpreter blocks. */
+    add(argv, "-object");
+    add(argv, "rng-random,id=rng0,filename=/dev/urandom");
+    add(argv, "-device");
+    add(argv, "virtio-rng-device,rng=rng0");
+
     add(argv, "-chardev");
     addf(argv, "socket,id=qmp,fd=%d", SBX_QEMU_FD_QMP);
     add(argv, "-mon");

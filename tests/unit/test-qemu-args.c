@@ -62,6 +62,7 @@ test_tcg_defaults(void **state)
     assert_true(has_pair(argv, "-chardev", "socket,id=qmp,fd=3"));
     assert_true(has_pair(argv, "-chardev", "socket,id=agent,fd=4"));
     assert_true(has_pair(argv, "-nic", "none"));
+    assert_true(has_pair(argv, "-device", "virtio-rng-device,rng=rng0"));
     assert_true(has_pair(argv, "-device", "virtserialport,chardev=agent,name=" SBX_AGENT_PORT_NAME));
     assert_int_equal(opt_index(argv, "-cpu"), -1);
     assert_int_equal(opt_index(argv, "-sandbox"), -1);
