@@ -61,7 +61,7 @@ wait_closed() {
     return 1
 }
 
-echo "1..18"
+echo "1..19"
 
 # Idle timeout of the sessions that do not ask for one: short, for test 15.
 cat >"$work/schedulerd.conf" <<'EOF'
@@ -72,8 +72,8 @@ cat >"$work/embedded.conf" <<EOF
 [scheduler]
 runtime_dir=$work/embedded
 EOF
-"$b/schedulerd" --config "$work/schedulerd.conf" --runtime-dir "$rt" --accel tcg \
-    >"$work/daemon.log" 2>&1 &
+G_MESSAGES_DEBUG=sbx-session "$b/schedulerd" --config "$work/schedulerd.conf" --runtime-dir "$rt" \
+    --accel tcg >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 up=0
 for _ in $(seq 1 300); do
@@ -196,3 +196,18 @@ out=$("$ctl" session create --embedded 2>&1); rc=$?
     && [ "$(status_of sessions)" = 0 ] && [ "$(status_of runs_in_flight)" = 0 ] \
     && ok "session create --embedded says sessions need schedulerd; no session or VM left" \
     || not_ok "embedded refusal / leftovers" "rc=$rc $out" "vms=$(vm_count)" "$("$ctl" status)"
+
+# 19: SIGTERM with a session open: it is closed ('shutdown'), the VM destroyed, exit 0
+# (the bus name is already released then, so the reason is read from the log)
+id5=$("$ctl" session create --idle-timeout 300 2>"$work/err")
+before=$(vm_count)
+kill -TERM "$daemon_pid"
+wait "$daemon_pid"; rc=$?
+daemon_pid=
+if [[ "$id5" =~ ^[0-9a-f]{32}$ ]] && [ "$before" = 1 ] && [ $rc = 0 ] \
+    && grep -q "session $id5 closed (shutdown)" "$work/daemon.log" && [ "$(vm_count)" = 0 ]; then
+    ok "SIGTERM with a session open: Closed('shutdown'), VM destroyed, schedulerd exits 0"
+else
+    not_ok "SIGTERM with a session" "id=$id5 vms before=$before after=$(vm_count) rc=$rc" \
+        "$(grep "$id5" "$work/daemon.log")"
+fi
