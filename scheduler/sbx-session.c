@@ -19,17 +19,17 @@
 
 struct _SbxSession {
     GObject parent_instance;
-    SbxManager *mgr;     /* ref */
-    SbxVmLease *lease;   /* NULL once released */
-    SbxVm *vm;           /* ref, for "died" and the guest client */
+    SbxManager *mgr;   /* ref */
+    SbxVmLease *lease; /* NULL once released */
+    SbxVm *vm;         /* ref, for "died" and the guest client */
     SbxTimings start;
     char *id;
     SbxLanguage language;
     guint idle_timeout_s;
     guint idle_id;
-    guint busy;          /* calls in flight */
-    char *close_reason;  /* non-NULL once closing */
-    gboolean closed;     /* VM released, "closed" emitted */
+    guint busy;                /* calls in flight */
+    char *close_reason;        /* non-NULL once closing */
+    gboolean closed;           /* VM released, "closed" emitted */
     GCancellable *cancellable; /* cancelled when closing: ends calls in flight */
     gulong died_id;
     GQueue close_waiters; /* GTask */
@@ -160,8 +160,7 @@ check_path(const char *path, gboolean allow_root, GError **error)
 {
     g_autoptr(GError) cause = NULL;
     if (!sbx_validate_path(path, strlen(path), allow_root, &cause)) {
-        g_set_error(error, SBX_ERROR, SBX_ERROR_INVALID_INPUT,
-                    "bad guest path '%s': %s", path,
+        g_set_error(error, SBX_ERROR, SBX_ERROR_INVALID_INPUT, "bad guest path '%s': %s", path,
                     cause->message);
         return FALSE;
     }
@@ -190,8 +189,7 @@ warmed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 }
 
 SbxSession *
-sbx_session_new(SbxManager *manager, SbxVmLease *lease, SbxLanguage language,
-                guint idle_timeout_s)
+sbx_session_new(SbxManager *manager, SbxVmLease *lease, SbxLanguage language, guint idle_timeout_s)
 {
     SbxSession *self = g_object_new(SBX_TYPE_SESSION, NULL);
     g_autofree char *uuid = g_uuid_string_random();
@@ -405,8 +403,8 @@ wrote_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 }
 
 void
-sbx_session_write_file_async(SbxSession *self, const char *path, GInputStream *source,
-                             guint mode, GAsyncReadyCallback callback, gpointer user_data)
+sbx_session_write_file_async(SbxSession *self, const char *path, GInputStream *source, guint mode,
+                             GAsyncReadyCallback callback, gpointer user_data)
 {
     GTask *task = file_begin(self, path, FALSE, sbx_session_write_file_async, callback, user_data);
     if (task)
@@ -469,8 +467,8 @@ sbx_session_list_files_async(SbxSession *self, const char *path, GAsyncReadyCall
 {
     GTask *task = file_begin(self, path, TRUE, sbx_session_list_files_async, callback, user_data);
     if (task)
-        sbx_guest_list_files_async(sbx_vm_get_guest(self->vm), path, self->cancellable,
-                                   listed_cb, task);
+        sbx_guest_list_files_async(sbx_vm_get_guest(self->vm), path, self->cancellable, listed_cb,
+                                   task);
 }
 
 GPtrArray *
@@ -523,6 +521,6 @@ sbx_session_class_init(SbxSessionClass *klass)
     GObjectClass *oc = G_OBJECT_CLASS(klass);
     oc->dispose = sbx_session_dispose;
     oc->finalize = sbx_session_finalize;
-    signals[SIGNAL_CLOSED] = g_signal_new("closed", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST,
-                                          0, NULL, NULL, NULL, G_TYPE_NONE, 1, G_TYPE_STRING);
+    signals[SIGNAL_CLOSED] = g_signal_new("closed", G_TYPE_FROM_CLASS(klass), G_SIGNAL_RUN_LAST, 0,
+                                          NULL, NULL, NULL, G_TYPE_NONE, 1, G_TYPE_STRING);
 }

@@ -17,12 +17,12 @@
 G_BEGIN_DECLS
 
 /* Close reasons: the "closed" signal's argument and the D-Bus Closed signal's. */
-#define SBX_SESSION_CLOSED_BY_CALLER "closed"
-#define SBX_SESSION_CLOSED_IDLE "idle"
-#define SBX_SESSION_CLOSED_VM_DIED "vm-died"
-#define SBX_SESSION_CLOSED_EXIT_137 "exit-137"
+#define SBX_SESSION_CLOSED_BY_CALLER  "closed"
+#define SBX_SESSION_CLOSED_IDLE       "idle"
+#define SBX_SESSION_CLOSED_VM_DIED    "vm-died"
+#define SBX_SESSION_CLOSED_EXIT_137   "exit-137"
 #define SBX_SESSION_CLOSED_OWNER_LEFT "owner-left"
-#define SBX_SESSION_CLOSED_SHUTDOWN "shutdown"
+#define SBX_SESSION_CLOSED_SHUTDOWN   "shutdown"
 
 #define SBX_TYPE_SESSION (sbx_session_get_type())
 G_DECLARE_FINAL_TYPE(SbxSession, sbx_session, SBX, SESSION, GObject)
@@ -64,8 +64,8 @@ gboolean sbx_session_read_file_finish(SbxSession *self, GAsyncResult *result, gu
                                       GError **error);
 
 /* Entries (SbxGuestFileInfo) of the guest directory @path ("" = home). */
-void sbx_session_list_files_async(SbxSession *self, const char *path,
-                                  GAsyncReadyCallback callback, gpointer user_data);
+void sbx_session_list_files_async(SbxSession *self, const char *path, GAsyncReadyCallback callback,
+                                  gpointer user_data);
 GPtrArray *sbx_session_list_files_finish(SbxSession *self, GAsyncResult *result, GError **error);
 
 /* Start closing (idempotent: the first reason wins). */
