@@ -949,9 +949,10 @@ session_booted(RunData *d)
                         g_object_ref(session));
     g_signal_connect(session, "closed", G_CALLBACK(session_closed_cb), self);
     g_info("session %s: VM %s up (admission %" G_GINT64_FORMAT " ms, setup %" G_GINT64_FORMAT
-           " ms, boot %" G_GINT64_FORMAT " ms)",
+           " ms, %s %" G_GINT64_FORMAT " ms)",
            sbx_session_get_id(session), d->vm_id, d->result->timing.admission_ms,
-           d->result->timing.setup_ms, d->result->timing.boot_ms);
+           d->result->timing.setup_ms, d->result->l1_hit ? "L1 restore" : "boot",
+           d->result->l1_hit ? d->result->timing.restore_ms : d->result->timing.boot_ms);
     g_task_return_pointer(task, session, g_object_unref);
 }
 
