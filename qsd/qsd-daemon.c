@@ -50,10 +50,20 @@ qsd_daemon_new(const char *binary, const char *const *cgroup_procs)
     return self;
 }
 
+/* The QMP client fails its pending commands before it emits "closed", so a
+ * command's error callback can run while self->running is still TRUE: the
+ * monitor's own state is the truth. */
+static gboolean
+monitor_up(QsdDaemon *self)
+{
+    return self->running && self->qmp &&
+           qmp_client_get_state(self->qmp) != QMP_CLIENT_STATE_CLOSED;
+}
+
 gboolean
 qsd_daemon_is_running(QsdDaemon *self)
 {
-    return self->running;
+    return monitor_up(self);
 }
 
 GPid
@@ -191,7 +201,7 @@ qsd_daemon_start_async(QsdDaemon *self, GCancellable *cancellable, GAsyncReadyCa
     g_autoptr(GError) error = NULL;
     g_task_set_source_tag(task, qsd_daemon_start_async);
 
-    if (self->running) {
+    if (monitor_up(self)) {
         g_task_return_boolean(task, TRUE);
         return;
     }
@@ -253,12 +263,12 @@ overlay_fail(GTask *task, GError *error)
     QsdDaemon *self = g_task_get_source_object(task);
     if (d->error == NULL) {
         d->error = error;
-        if (!self->running)
+        if (!monitor_up(self))
             g_prefix_error(&d->error, "qemu-storage-daemon died: ");
     } else {
         g_error_free(error);
     }
-    if (d->node_added && self->running && d->step != OV_DEL_FILE) {
+    if (d->node_added && monitor_up(self) && d->step != OV_DEL_FILE) {
         d->step = OV_ADD_FILE; /* next: OV_DEL_FILE */
         d->node_added = FALSE;
         overlay_next(task);
@@ -315,7 +325,7 @@ overlay_next(GTask *task)
     g_autoptr(JsonObject) opts = json_object_new();
     g_autofree char *job = NULL;
 
-    if (!self->running || self->qmp == NULL) {
+    if (!monitor_up(self)) {
         overlay_fail(task, g_error_new(QSD_ERROR, QSD_ERROR_DIED,
                                        "qemu-storage-daemon is not running"));
         return;
@@ -465,7 +475,7 @@ qsd_daemon_stop_async(QsdDaemon *self, guint timeout_ms, GCancellable *cancellab
     d->child = g_object_ref(self->child);
     self->stopping = TRUE;
     g_task_set_task_data(task, d, (GDestroyNotify)stop_data_free);
-    if (self->qmp && self->running)
+    if (monitor_up(self))
         qmp_quit_async(self->qmp, NULL, stop_quit_cb, NULL);
     else
         sbx_child_kill(d->child, SIGKILL);

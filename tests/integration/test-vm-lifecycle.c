@@ -483,9 +483,10 @@ group_setup(void **state)
     /* GLib's process-lifetime fds (the default context's and the worker
      * context's wakeup eventfds, made on first use) exist before the base
      * count: wait for one child through a child watch and iterate once. */
-    g_autoptr(GSubprocess) p = g_subprocess_new(G_SUBPROCESS_FLAGS_NONE, NULL, "true", NULL);
+    GSubprocess *p = g_subprocess_new(G_SUBPROCESS_FLAGS_NONE, NULL, "true", NULL);
     assert_non_null(p);
     assert_true(g_subprocess_wait(p, NULL, NULL));
+    g_object_unref(p);
     g_main_context_iteration(NULL, FALSE);
     snapshot_take(&f->base, f->runtime, NULL);
     f->mgr = start_manager(make_config(f->runtime));
