@@ -665,11 +665,13 @@ fill_started_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         fill_fail(f, error);
         return;
     }
-    if (f->tpl) {
+    if (f->tpl && sbx_template_clones_repl(f->language)) {
         fill_ready(f); /* the template's REPL is already warm */
         return;
     }
-    sbx_pool_note_cold_boot(self, f->language, self->d.cfg->default_memory_mb);
+    if (f->tpl == NULL)
+        sbx_pool_note_cold_boot(self, f->language, self->d.cfg->default_memory_mb);
+    /* a fresh REPL, started after the restore's CRNG reseed */
     sbx_guest_warm_async(sbx_vm_get_guest(f->vm), f->language, self->cancellable, fill_warmed_cb,
                          f);
 }
@@ -897,6 +899,14 @@ pre_setup_done(Pre *p)
         return;
     if (p->error) {
         pre_end(p, g_steal_pointer(&p->error));
+        return;
+    }
+    /* The template may have been dropped meanwhile: QEMU would create a new,
+     * empty RAM file at its path. */
+    g_autoptr(SbxTemplate) still =
+        sbx_template_cache_lookup(self->cache, sbx_template_get_key(p->pv->tpl), NULL);
+    if (still != p->pv->tpl) {
+        pre_end(p, g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED, "template dropped"));
         return;
     }
     SbxVmParams vp;

@@ -741,6 +741,47 @@ saved_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     sbx_vm_destroy_async(b->vm_obj, template_vm_destroyed_cb, task);
 }
 
+gboolean
+sbx_template_clones_repl(SbxLanguage language)
+{
+    /* node seeds V8's Math.random and OpenSSL's DRBG once per process: a cloned
+     * node REPL gives every restored VM the same "random" numbers (measured:
+     * identical Math.random() and crypto.randomBytes() in two clones). Python
+     * reads os.urandom per call and seeds `random` at import, after the reseed;
+     * the raw shell (dash) has no PRNG. */
+    return language != SBX_LANGUAGE_JAVASCRIPT;
+}
+
+static void
+save_now(GTask *task)
+{
+    Build *b = g_task_get_task_data(task);
+    b->t0 = g_get_monotonic_time();
+    b->state_fd = open(b->state_tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (b->state_fd < 0) {
+        int e = errno;
+        build_fail_vm(task, g_error_new(G_IO_ERROR, g_io_error_from_errno(e), "%s: %s",
+                                        b->state_tmp, g_strerror(e)));
+        return;
+    }
+    sbx_vm_save_state_async(b->vm_obj, b->state_fd, g_task_get_cancellable(task), saved_cb, task);
+}
+
+static void
+repl_dropped_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    GTask *task = user_data;
+    SbxGuestExecResult r = {0};
+    GError *error = NULL;
+    /* the REPL exits: any exit status is fine, a dead channel is not */
+    if (!sbx_guest_exec_finish(SBX_GUEST(source), res, &r, &error)) {
+        g_prefix_error(&error, "dropping the warm REPL: ");
+        build_fail_vm(task, error);
+        return;
+    }
+    save_now(task);
+}
+
 static void
 warmed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 {
@@ -753,15 +794,16 @@ warmed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         return;
     }
     b->warm_ms = (g_get_monotonic_time() - b->t0) / 1000;
-    b->t0 = g_get_monotonic_time();
-    b->state_fd = open(b->state_tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (b->state_fd < 0) {
-        int e = errno;
-        build_fail_vm(task, g_error_new(G_IO_ERROR, g_io_error_from_errno(e), "%s: %s",
-                                        b->state_tmp, g_strerror(e)));
+    if (!sbx_template_clones_repl(b->language)) {
+        /* Keep what the warm-up read in the guest's page cache, not the process:
+         * the first exec after a restore starts a fresh, freshly seeded REPL. */
+        static const char exit_code[] = "process.reallyExit(0)"; /* exit() is trapped */
+        g_autoptr(GBytes) code = g_bytes_new_static(exit_code, sizeof exit_code - 1);
+        sbx_guest_exec_async(sbx_vm_get_guest(b->vm_obj), b->language, code, 30, NULL, NULL,
+                             NULL, NULL, g_task_get_cancellable(task), repl_dropped_cb, task);
         return;
     }
-    sbx_vm_save_state_async(b->vm_obj, b->state_fd, g_task_get_cancellable(task), saved_cb, task);
+    save_now(task);
 }
 
 static void

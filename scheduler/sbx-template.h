@@ -17,7 +17,7 @@
 
 G_BEGIN_DECLS
 
-#define SBX_TEMPLATE_FORMAT 1
+#define SBX_TEMPLATE_FORMAT 3 /* 3: no cloned javascript REPL */
 
 /* What the cache key covers. */
 typedef struct {
@@ -96,6 +96,12 @@ void sbx_template_cache_build_async(SbxTemplateCache *self, const char *key,
                                     gpointer user_data);
 SbxTemplate *sbx_template_cache_build_finish(SbxTemplateCache *self, GAsyncResult *result,
                                              GError **error);
+
+/* Whether a template of @language keeps the warm REPL process. FALSE for
+ * javascript: node's PRNGs (Math.random, OpenSSL's DRBG) are seeded once per
+ * process, so clones of one REPL would produce the same random numbers; its
+ * template keeps only the warm guest page cache. */
+gboolean sbx_template_clones_repl(SbxLanguage language);
 
 /* The probe program of each language and the output it must print. */
 const char *sbx_template_probe_code(SbxLanguage language);
