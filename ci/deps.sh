@@ -15,7 +15,7 @@ pkgs=(
   # guest image
   kmod cpio lz4 erofs-utils squashfs-tools busybox-static e2fsprogs binutils
   # tests
-  python3 socat xfsprogs util-linux procps iproute2 file
+  python3 socat xfsprogs util-linux procps iproute2 file openssl
   # benchmarks (make bench): host anchor under bubblewrap, the latency plot
   bubblewrap gnuplot-nox
 )

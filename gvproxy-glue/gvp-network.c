@@ -688,7 +688,7 @@ helper_exited_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     g_autofree char *how = sbx_child_describe_exit(self->helper);
     g_autofree char *tail = sbx_child_dup_console_tail(self->helper, 3);
     g_strstrip(tail);
-    g_autofree char *reason = g_strdup_printf("the network helper passt %s%s%s", how,
+    g_autofree char *reason = g_strdup_printf("network helper passt %s%s%s", how,
                                               *tail ? ": " : "", tail);
     g_signal_emit(self, signals[SIGNAL_DIED], 0, reason);
 }
@@ -848,6 +848,7 @@ ns_ready_cb(GObject *source, GAsyncResult *res, gpointer user_data)
             start_complete(outer, error);
             return;
         }
+        g_socket_set_blocking(self->dns, FALSE); /* the loop must never wait in recv */
         self->dns_source = g_socket_create_source(self->dns, G_IO_IN, NULL);
         g_source_set_callback(self->dns_source, G_SOURCE_FUNC(dns_readable_cb), self, NULL);
         g_source_attach(self->dns_source, g_main_context_get_thread_default());
