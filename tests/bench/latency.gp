@@ -13,7 +13,7 @@ set boxwidth 0.9
 set logscale y
 set ylabel "ms (log scale)"
 set grid ytics
-set key top left
+set key outside right top
 set xtics rotate by -20
 set yrange [*:*]
 plot datafile using 2:xtic(1) title "min", \

@@ -910,6 +910,7 @@ want_path(Bench *b, const char *key)
 static void
 series_sched(Bench *b, SbxManager *mgr, Path *p, void (*before)(SbxManager *))
 {
+    g_printerr("sbx-bench: %s: %u runs\n", p->key, b->runs);
     for (guint i = 0; i < b->runs; i++) {
         if (before)
             before(mgr);
@@ -987,6 +988,7 @@ cmd_create(Bench *b)
         flr->na = g_strdup_printf("failed: %s", error->message);
         g_clear_error(&error);
     }
+    g_printerr("sbx-bench: floor + cold, alternating: %u runs each\n", b->runs);
     for (guint i = 0; i < b->runs; i++) {
         if (floor_ok) {
             double h = 0, f = 0;
@@ -1013,6 +1015,7 @@ cmd_create(Bench *b)
     gboolean want_l1 = want_path(b, "l1") || want_path(b, "l1_prestarted");
     gboolean have_tpl = FALSE;
     if (want_l1) {
+        g_printerr("sbx-bench: L1 template (built in the background when absent)\n");
         g_unsetenv("SCHEDULERD_L1");
         RunRec r = {0};
         run_one(mgr, "print(1)", &r); /* schedules the template build */
@@ -1259,8 +1262,11 @@ is_resource_failure(const GError *e)
 static void
 burst_warmup(SbxManager *mgr)
 {
-    for (guint round = 0; round < 30; round++) {
-        gboolean all = TRUE;
+    double t0 = now_ms();
+    guint round = 0;
+    gboolean all = FALSE;
+    for (; round < 20; round++) {
+        all = TRUE;
         for (guint i = 0; i < G_N_ELEMENTS(workload); i++) {
             RunRec r = {0};
             guint pending = 0;
@@ -1268,7 +1274,7 @@ burst_warmup(SbxManager *mgr)
             run_submit(mgr, workload[i].lang, workload[i].code, &r);
             while (pending > 0)
                 g_main_context_iteration(NULL, TRUE);
-            all = all && r.result && r.result->l1_hit;
+            all = all && r.result && (r.result->l1_hit || r.result->warm_pool_hit);
             run_rec_clear(&r);
         }
         if (all || g_strcmp0(g_getenv("SCHEDULERD_L1"), "0") == 0)
@@ -1276,6 +1282,10 @@ burst_warmup(SbxManager *mgr)
         spin(5000);
     }
     spin(2000); /* let the warm pool refill */
+    g_printerr("sbx-bench: warm-up (one run per language until none is a cold boot): "
+               "%u round(s), %.0f s%s\n",
+               MIN(round + 1, 20), (now_ms() - t0) / 1000.0,
+               all ? "" : "; some language still cold-boots (no L1 template)");
 }
 
 static BurstRes *
