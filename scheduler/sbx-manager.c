@@ -412,7 +412,13 @@ map_error(RunData *d, const GError *e)
         code = SBX_ERROR_INVALID_INPUT;
     else if (e->domain == SBX_ADMISSION_ERROR)
         code = e->code == SBX_ADMISSION_ERROR_STOPPED ? SBX_ERROR_TRANSIENT : SBX_ERROR_NO_CAPACITY;
-    else
+    else if (g_error_matches(e, SBX_GUEST_ERROR, SBX_GUEST_ERROR_BUSY) ||
+             g_error_matches(e, SBX_GUEST_ERROR, SBX_GUEST_ERROR_TOO_MANY)) {
+        /* the agent refused before running anything (a session's second Exec) */
+        return g_error_new(SBX_ERROR, SBX_ERROR_TRANSIENT,
+                           "%s: one Exec at a time per session; retry when it is done",
+                           e->message);
+    } else
         code = d->dispatched ? SBX_ERROR_OUTCOME_UNKNOWN : SBX_ERROR_TRANSIENT;
     return g_error_new(SBX_ERROR, code, "%s", e->message);
 }

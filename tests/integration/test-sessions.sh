@@ -61,9 +61,9 @@ wait_closed() {
     return 1
 }
 
-echo "1..19"
+echo "1..20"
 
-# Idle timeout of the sessions that do not ask for one: short, for test 15.
+# Idle timeout of the sessions that do not ask for one: short, for test 16.
 cat >"$work/schedulerd.conf" <<'EOF'
 [session]
 idle_timeout_s=3
@@ -102,7 +102,21 @@ out2=$("$ctl" session exec "$id" 'import sys; print(x); sys.exit(3)' 2>&1); rc2=
     && ok "an exception and a non-zero exit leave the session open with its state" \
     || not_ok "user-code errors keep the session" "rc1=$rc1 $out1" "rc2=$rc2 $out2"
 
-# 5-6: upload / download round-trip a few MiB of random bytes
+# 5: one Exec at a time: a second one meanwhile is Transient (nothing ran), the first
+# completes, the session goes on
+"$ctl" session exec "$id" 'import time; print("started", flush=True); time.sleep(3); print("first")' \
+    >"$work/first" 2>&1 &
+first_pid=$!
+for _ in $(seq 1 1800); do grep -q started "$work/first" && break; sleep 0.1; done # it runs
+second=$("$ctl" session exec "$id" 'print("second")' 2>&1); r2=$?
+wait "$first_pid"; r1=$?
+third=$("$ctl" session exec "$id" 'print(x)' 2>&1); r3=$?
+[ $r2 = 125 ] && [[ "$second" == *Transient*"one Exec at a time"* ]] && [[ "$second" != *"second"$'\n'* ]] \
+    && [ $r1 = 0 ] && [ "$(cat "$work/first")" = $'started\nfirst' ] && [ $r3 = 0 ] && [ "$third" = 41 ] \
+    && ok "a concurrent Exec is Transient; the running one completes; the session goes on" \
+    || not_ok "concurrent Exec" "r1=$r1 $(cat "$work/first")" "r2=$r2 $second" "r3=$r3 $third"
+
+# 6-7: upload / download round-trip a few MiB of random bytes
 head -c $((3 * 1024 * 1024 + 123)) /dev/urandom >"$work/rand.bin"
 "$ctl" session upload "$id" "$work/rand.bin" data/in/rand.bin 2>"$work/err"; rc1=$?
 "$ctl" session download "$id" data/in/rand.bin "$work/rand.out" 2>>"$work/err"; rc2=$?
@@ -117,7 +131,7 @@ ls_out=$("$ctl" session ls "$id" data/in 2>&1)
     && ok "the code in the session sees the uploaded file; ls lists it with its size" \
     || not_ok "guest view of the upload" "guest sha=$hg" "$ls_out"
 
-# 7-9: bad paths and missing files, with the error names
+# 8-10: bad paths and missing files, with the error names
 bad1=$("$ctl" session upload "$id" "$work/rand.bin" ../x 2>&1); rc1=$?
 bad2=$("$ctl" session download "$id" /etc/passwd "$work/p" 2>&1); rc2=$?
 [ $rc1 = 2 ] && [[ "$bad1" == *InvalidInput* ]] && [ $rc2 = 2 ] && [[ "$bad2" == *InvalidInput* ]] \
@@ -131,7 +145,7 @@ ns=$("$ctl" session exec 0123456789abcdef0123456789abcdef 'print(1)' 2>&1); rc=$
 [ $rc = 125 ] && [[ "$ns" == *NotFound*"no session"* ]] \
     && ok "an unknown session id is NotFound" || not_ok "unknown session" "rc=$rc $ns"
 
-# 10-11: Close, then calls are SessionClosed; the Closed signal says why
+# 11-12: Close, then calls are SessionClosed; the Closed signal says why
 "$ctl" session close "$id" 2>"$work/err"; rc=$?
 if [ $rc = 0 ] && wait_closed "$id" closed; then ok "Close destroys the VM and emits Closed('closed')"; else
     not_ok "Close" "rc=$rc" "$(cat "$work/err")"; fi
@@ -139,7 +153,7 @@ out=$("$ctl" session exec "$id" 'print(1)' 2>&1); rc=$?
 [ $rc = 125 ] && [[ "$out" == *SessionClosed*"closed (Close)"* ]] \
     && ok "Exec after Close fails with SessionClosed" || not_ok "Exec after Close" "rc=$rc $out"
 
-# 12-13: exit 137 is reported, then closes the session with its reason
+# 13-14: exit 137 is reported, then closes the session with its reason
 id2=$("$ctl" session create --idle-timeout 300 2>"$work/err")
 out=$("$ctl" session exec "$id2" 'import os; os.kill(os.getpid(), 9)' 2>&1); rc=$?
 [ $rc = 137 ] && ok "exec killed by SIGKILL reports exit 137" || not_ok "exit 137" "rc=$rc $out" "$(cat "$work/err")"
@@ -151,7 +165,7 @@ fi
     && ok "exit 137 closes the session: Closed('exit-137'), then SessionClosed naming it" \
     || not_ok "closed after 137" "$out"
 
-# 14: a session outlives a client that only created it (detached), and a
+# 15: a session outlives a client that only created it (detached), and a
 # client killed while holding an attached session leaves no VM
 mkfifo "$work/hold"
 exec 3<>"$work/hold"   # a writer that never writes: the holder waits on its stdin until killed
@@ -169,7 +183,7 @@ else
     not_ok "killed holder" "id=$id3 vms before=$before after=$(vm_count)" "$(cat "$work/held")"
 fi
 
-# 15: the idle timeout (3 s from the config file) closes a session
+# 16: the idle timeout (3 s from the config file) closes a session
 id4=$("$ctl" session create 2>"$work/err")
 if [[ "$id4" =~ ^[0-9a-f]{32}$ ]] && wait_closed "$id4" idle && [ "$(vm_count)" = 0 ]; then
     ok "an idle session is closed by its idle timeout: Closed('idle'), VM gone"
@@ -177,7 +191,7 @@ else
     not_ok "idle timeout" "id=$id4 vms=$(vm_count)" "$(cat "$work/err")"
 fi
 
-# 16-17: run --upload / --download, through the daemon and embedded
+# 17-18: run --upload / --download, through the daemon and embedded
 code='import hashlib, os; os.makedirs("out", exist_ok=True); open("out/sum.txt", "w").write(hashlib.sha256(open("in.bin", "rb").read()).hexdigest())'
 "$ctl" run -q --upload "$work/rand.bin:in.bin" --download "out/sum.txt:$work/sum1" "$code" \
     2>"$work/err"; rc=$?
@@ -190,14 +204,14 @@ code='import hashlib, os; os.makedirs("out", exist_ok=True); open("out/sum.txt",
     && ok "run --upload/--download embedded (same guest client, in-process)" \
     || not_ok "run with files (embedded)" "rc=$rc" "$(cat "$work/err")"
 
-# 18: sessions need the daemon: a clear line in embedded mode; nothing left
+# 19: sessions need the daemon: a clear line in embedded mode; nothing left
 out=$("$ctl" session create --embedded 2>&1); rc=$?
 [ $rc = 125 ] && [[ "$out" == *"sessions need schedulerd"* ]] && [ "$(vm_count)" = 0 ] \
     && [ "$(status_of sessions)" = 0 ] && [ "$(status_of runs_in_flight)" = 0 ] \
     && ok "session create --embedded says sessions need schedulerd; no session or VM left" \
     || not_ok "embedded refusal / leftovers" "rc=$rc $out" "vms=$(vm_count)" "$("$ctl" status)"
 
-# 19: SIGTERM with a session open: it is closed ('shutdown'), the VM destroyed, exit 0
+# 20: SIGTERM with a session open: it is closed ('shutdown'), the VM destroyed, exit 0
 # (the bus name is already released then, so the reason is read from the log)
 id5=$("$ctl" session create --idle-timeout 300 2>"$work/err")
 before=$(vm_count)
