@@ -804,7 +804,8 @@ sbx_pool_take_warm(SbxPool *self, const SbxRunSpec *spec, SbxReservation **out_r
         self->warm_hits++;
     else if (warm_target() > 0)
         self->warm_misses++;
-    sbx_pool_kick(self);
+    /* no refill now: under TCG a restore next to the run's exec slows the exec
+     * down; the manager kicks the pool when the run is over */
     return vm;
 }
 
@@ -1010,8 +1011,7 @@ sbx_pool_take_prestarted(SbxPool *self, SbxTemplate *tpl, SbxLanguage language)
     }
     if (vm)
         self->prestart_hits++;
-    sbx_pool_kick(self);
-    return vm;
+    return vm; /* refilled when the run is over (sbx_pool_kick from the manager) */
 }
 
 /* ---- health --------------------------------------------------------------------- */
