@@ -51,6 +51,14 @@ shutdown_done_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         g_warning("shutdown incomplete: %s", error->message);
         d->exit_code = 1;
     }
+    /* Only now leave the bus: clients saw their runs fail and their sessions'
+     * Closed("shutdown") signals while the drain went on. */
+    if (d->adapter)
+        sbx_dbus_adapter_unexport(d->adapter);
+    if (d->owner_id) {
+        g_bus_unown_name(d->owner_id);
+        d->owner_id = 0;
+    }
     g_info("stopped");
     g_main_loop_quit(d->loop);
 }
@@ -63,12 +71,7 @@ begin_shutdown(Daemon *d, const char *why)
     d->stopping = TRUE;
     g_info("draining (%s)", why);
     notify("STOPPING=1\nSTATUS=draining: cancelling runs and destroying VMs");
-    if (d->adapter)
-        sbx_dbus_adapter_unexport(d->adapter);
-    if (d->owner_id) {
-        g_bus_unown_name(d->owner_id);
-        d->owner_id = 0;
-    }
+    /* The manager refuses new work from here on (Transient: safe to retry). */
     sbx_manager_shutdown_async(d->manager, shutdown_done_cb, d);
 }
 
