@@ -222,6 +222,12 @@ gvp_network_dup_ports(GvpNetwork *self)
     return a;
 }
 
+int
+gvp_network_get_netns_fd(GvpNetwork *self)
+{
+    return self->ns_fd;
+}
+
 gint64
 gvp_network_get_start_ms(GvpNetwork *self)
 {
@@ -338,6 +344,7 @@ typedef struct {
     char *name;
     guint16 port;
     guint timer;
+    guint pumps; /* directions still copying */
     GCancellable *cancellable;
 } Conn;
 
@@ -370,25 +377,60 @@ conn_drop(Conn *c, const char *why)
     g_hash_table_remove(c->net->conns, c); /* frees */
 }
 
+/* Two one-way pumps; the end of one direction is passed on as a half-close
+ * (shutdown SHUT_WR) of the other socket, so "send, shut down, read the
+ * answer" clients and "answer, then close" servers both work. The connection
+ * goes when both directions are done, or at the first error. */
 static void
-spliced_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+pump_done(Conn *c, GAsyncResult *res, GIOStream *to)
 {
-    Conn *c = user_data;
     g_autoptr(GError) error = NULL;
-    if (!g_io_stream_splice_finish(res, &error) &&
-        g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
-        return; /* the network is stopping: it frees the connection */
-    conn_drop(c, NULL);
+    if (g_output_stream_splice_finish(g_io_stream_get_output_stream(to), res, &error) < 0) {
+        if (!g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+            conn_drop(c, NULL); /* reset or broken: both sides go */
+        return;                 /* cancelled: the connection is already gone */
+    }
+    (void)g_socket_shutdown(g_socket_connection_get_socket(G_SOCKET_CONNECTION(to)), FALSE, TRUE,
+                            NULL);
+    if (--c->pumps == 0)
+        conn_drop(c, NULL);
+}
+
+static void
+pump_up_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    /* cancelled means freed (conn_free cancels): do not touch @user_data */
+    if (g_cancellable_is_cancelled(g_task_get_cancellable(G_TASK(res)))) {
+        (void)g_output_stream_splice_finish(G_OUTPUT_STREAM(source), res, NULL);
+        return;
+    }
+    Conn *c = user_data;
+    pump_done(c, res, c->up);
+}
+
+static void
+pump_down_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    /* cancelled means freed (conn_free cancels): do not touch @user_data */
+    if (g_cancellable_is_cancelled(g_task_get_cancellable(G_TASK(res)))) {
+        (void)g_output_stream_splice_finish(G_OUTPUT_STREAM(source), res, NULL);
+        return;
+    }
+    Conn *c = user_data;
+    pump_done(c, res, c->down);
 }
 
 static void
 conn_splice(Conn *c)
 {
     g_clear_handle_id(&c->timer, g_source_remove);
-    g_io_stream_splice_async(c->down, c->up,
-                             G_IO_STREAM_SPLICE_CLOSE_STREAM1 | G_IO_STREAM_SPLICE_CLOSE_STREAM2 |
-                                 G_IO_STREAM_SPLICE_WAIT_FOR_BOTH,
-                             G_PRIORITY_DEFAULT, c->cancellable, spliced_cb, c);
+    c->pumps = 2;
+    g_output_stream_splice_async(g_io_stream_get_output_stream(c->up),
+                                 g_io_stream_get_input_stream(c->down), 0, G_PRIORITY_DEFAULT,
+                                 c->cancellable, pump_up_cb, c);
+    g_output_stream_splice_async(g_io_stream_get_output_stream(c->down),
+                                 g_io_stream_get_input_stream(c->up), 0, G_PRIORITY_DEFAULT,
+                                 c->cancellable, pump_down_cb, c);
 }
 
 static void

@@ -63,6 +63,9 @@ GPid gvp_network_get_helper_pid(GvpNetwork *self);
 const char *gvp_network_get_helper_name(GvpNetwork *self);
 /* The exposed ports with the external port actually bound (owned GArray of GvpPort). */
 GArray *gvp_network_dup_ports(GvpNetwork *self);
+/* The VM's network namespace (expose / allow; borrowed), -1 in full mode or
+ * before the start completed. For diagnostics and tests. */
+int gvp_network_get_netns_fd(GvpNetwork *self);
 /* Milliseconds start_async took (namespace, listeners, helper spawn). */
 gint64 gvp_network_get_start_ms(GvpNetwork *self);
 
