@@ -7,8 +7,10 @@
  * (finit_module), finds the disks the host attached by their virtio serial ("sbx-root",
  * "sbx-work" in /sys/block/vd* /serial), mounts the root read-only (erofs) on /newroot,
  * moves /proc /sys /dev there, adds devpts, /dev/shm, tmpfs /tmp and /run, the work disk
- * (ext4) on /home/user or a tmpfs when there is none, switches root, brings up lo, sets
- * the hardening sysctls and execs /usr/libexec/sbx-agent, which becomes PID 1.
+ * (ext4) on /home/user or a tmpfs when there is none, switches root, brings up lo, gives
+ * the NIC its static address when the host asked for a network (sbx.net=, see
+ * docs/networking.md), sets the hardening sysctls and execs /usr/libexec/sbx-agent, which
+ * becomes PID 1.
  *
  * Talks to: the host only through the serial console (messages prefixed "sbx-init:")
  * and by powering off; the agent (guest/agent) only by exec. On any fatal error it prints
