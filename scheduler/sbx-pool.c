@@ -20,6 +20,7 @@
 #define SBX_POOL_HEALTH_TIMEOUT_MS 5000
 #define SBX_POOL_DEFAULT_WARM 1
 #define SBX_POOL_MAX_BUILD_FAILURES 3
+#define SBX_POOL_BUILD_DRAIN_S 20 /* a shutdown lets a template build finish this long */
 
 typedef struct {
     SbxPool *pool;
@@ -57,6 +58,7 @@ struct _SbxPool {
     guint64 warm_hits, warm_misses, warm_evictions, warm_health_failures, warm_fill_failures;
     gboolean shutting_down;
     guint destroys_running;
+    guint drain_timer;
     GTask *shutdown_task;
     GCancellable *cancellable;       /* fills: cancelled at shutdown */
     GCancellable *build_cancellable; /* builds: finish during a shutdown, cancelled on dispose */
@@ -1128,6 +1130,7 @@ sbx_pool_add_status(SbxPool *self, GVariantBuilder *b)
     g_variant_builder_add(b, "{sv}", "l1_builds", g_variant_new_uint64(self->l1_builds));
     g_variant_builder_add(b, "{sv}", "l1_build_failures",
                           g_variant_new_uint64(self->l1_build_failures));
+    g_variant_builder_add(b, "{sv}", "l1_builds_running", g_variant_new_uint32(self->builds_running));
     guint pre = 0;
     for (guint l = 0; l < SBX_N_LANGUAGES; l++)
         pre += self->prestarted[l].length;
@@ -1143,9 +1146,19 @@ shutdown_check(SbxPool *self)
     if (self->shutdown_task == NULL || self->builds_running > 0 || self->fills_running > 0 ||
         self->destroys_running > 0 || self->prestarting > 0)
         return;
+    g_clear_handle_id(&self->drain_timer, g_source_remove);
     GTask *task = g_steal_pointer(&self->shutdown_task);
     g_task_return_boolean(task, TRUE);
     g_object_unref(task);
+}
+
+static gboolean
+drain_timeout_cb(gpointer user_data)
+{
+    SbxPool *self = user_data;
+    self->drain_timer = 0;
+    g_cancellable_cancel(self->build_cancellable);
+    return G_SOURCE_REMOVE;
 }
 
 void
@@ -1171,6 +1184,14 @@ sbx_pool_shutdown_async(SbxPool *self, GAsyncReadyCallback callback, gpointer us
         while ((pv = g_queue_peek_head(&self->prestarted[l])) != NULL)
             pool_vm_discard(pv);
     }
+    /* A template build in flight may finish (the next start, or the next
+     * `schedulerctl run --embedded`, restores from it), within a bound. */
+    if (self->builds_running > 0) {
+        const char *v = g_getenv("SCHEDULERD_L1_BUILD_DRAIN_S");
+        guint drain = v && *v ? (guint)MIN(g_ascii_strtoull(v, NULL, 10), 600)
+                              : SBX_POOL_BUILD_DRAIN_S;
+        self->drain_timer = g_timeout_add_seconds(drain, drain_timeout_cb, self);
+    }
     shutdown_check(self);
 }
 
@@ -1187,6 +1208,7 @@ sbx_pool_dispose(GObject *object)
     SbxPool *self = SBX_POOL(object);
     g_cancellable_cancel(self->cancellable);
     g_cancellable_cancel(self->build_cancellable);
+    g_clear_handle_id(&self->drain_timer, g_source_remove);
     g_clear_handle_id(&self->idle_source, g_source_remove);
     g_clear_handle_id(&self->health_timer, g_source_remove);
     for (guint l = 0; l < SBX_N_LANGUAGES; l++) {

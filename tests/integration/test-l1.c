@@ -236,7 +236,7 @@ main(void)
     cfg->accel = SBX_ACCEL_MODE_TCG;
     g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
 
-    printf("1..20\n");
+    printf("1..21\n");
     g_autoptr(GAsyncResult) started = NULL;
     g_autoptr(GError) error = NULL;
     sbx_manager_start_async(mgr, NULL, on_done, &started);
@@ -390,13 +390,32 @@ main(void)
     }
     g_unsetenv("SCHEDULERD_L1");
 
-    /* 16-17: shutdown leaves nothing behind */
+    /* a shutdown cancels a template build in flight past SCHEDULERD_L1_BUILD_DRAIN_S:
+     * a raw run schedules the raw template's build, shut down while it boots */
+    g_setenv("SCHEDULERD_L1_BUILD_DRAIN_S", "0", TRUE);
+    run_lang(mgr, SBX_LANGUAGE_RAW, "echo d", &a);
+    run_clear(&a);
+    gboolean building = wait_status(mgr, "l1_builds_running", 1, 120);
+    OK(building, "a raw run schedules a raw template build");
+    if (building) {
+        gboolean fired = FALSE;
+        g_timeout_add(1500, tick_cb, &fired);
+        while (!fired)
+            g_main_context_iteration(NULL, TRUE);
+    }
+
+    /* shutdown leaves nothing behind (and cancelled the build: no half entry) */
     g_autoptr(GAsyncResult) down = NULL;
     sbx_manager_shutdown_async(mgr, on_done, &down);
     gboolean stopped = sbx_manager_shutdown_finish(mgr, wait_result(&down), NULL);
     OK(stopped && count_qemus(rt) == 0 && count_entries(vms_dir, NULL) == 0,
        "after shutdown: no QEMU, no VM run dir (%u left)", count_entries(vms_dir, NULL));
-    OK(count_entries(l1_dir, ".tmp") == 0, "no half-written template files");
+    guint raw_files = 0;
+    g_autoptr(GDir) ld = g_dir_open(l1_dir, 0, NULL);
+    for (const char *n; ld && (n = g_dir_read_name(ld));)
+        raw_files += g_str_has_prefix(n, "l1-raw-") && !g_str_has_suffix(n, ".lock");
+    OK(count_entries(l1_dir, ".tmp") == 0 && raw_files == 0,
+       "the cancelled build left no entry and no half-written file (%u raw files)", raw_files);
 
     g_clear_object(&mgr);
     g_autofree char *rm = g_strdup_printf("rm -rf '%s'", rt);
