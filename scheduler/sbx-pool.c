@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/sbx-fd.h"
+
 #define SBX_POOL_HEALTH_INTERVAL_S 30
 #define SBX_POOL_HEALTH_TIMEOUT_MS 5000
 #define SBX_POOL_DEFAULT_WARM 1
@@ -313,16 +315,24 @@ sbx_pool_l1_restore_async(SbxPool *self, SbxTemplate *tpl, SbxVm *vm, const SbxV
     GTask *task = g_task_new(self, cancellable, callback, user_data);
     GError *error = NULL;
     g_task_set_source_tag(task, sbx_pool_l1_restore_async);
-    int fd = sbx_template_open_state(tpl, &error);
-    if (fd < 0) {
+    /* state and RAM opened together, both checked against the metadata */
+    g_auto(SbxFd) fd = sbx_template_open_state(tpl, &error);
+    g_auto(SbxFd) ram = -1;
+    if (fd >= 0 && p != NULL)
+        ram = sbx_template_open_ram(tpl, &error);
+    if (fd < 0 || (p != NULL && ram < 0)) {
         g_task_return_error(task, error);
         g_object_unref(task);
         return;
     }
     if (!env_off("SCHEDULERD_L1_PREFETCH"))
         sbx_template_prefetch(tpl);
-    sbx_vm_restore_async(vm, p, fd, cancellable, restored_cb, task);
-    close(fd);
+    SbxVmParams vp;
+    if (p) {
+        vp = *p;
+        vp.mem_fd = ram;
+    }
+    sbx_vm_restore_async(vm, p ? &vp : NULL, fd, cancellable, restored_cb, task);
 }
 
 gboolean
@@ -912,9 +922,16 @@ pre_setup_done(Pre *p)
         pre_end(p, g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED, "template dropped"));
         return;
     }
+    GError *error = NULL;
+    g_auto(SbxFd) ram = sbx_template_open_ram(p->pv->tpl, &error);
+    if (ram < 0) {
+        pre_end(p, error);
+        return;
+    }
     SbxVmParams vp;
     sbx_pool_fill_vm_params(self, self->d.cfg->default_memory_mb, &vp);
     sbx_pool_l1_vm_params(self, p->pv->tpl, &vp);
+    vp.mem_fd = ram;
     vp.run_dir = p->run_dir;
     vp.work_disk = p->disk;
     vp.cgroup = p->cgroup;

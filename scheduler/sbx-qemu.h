@@ -20,6 +20,7 @@ const char *sbx_accel_to_string(SbxAccel accel);
 #define SBX_QEMU_FD_QMP   3
 #define SBX_QEMU_FD_AGENT 4
 #define SBX_QEMU_FD_NET   5
+#define SBX_QEMU_FD_MEM   6 /* L1 restore: the template RAM file (mem-path=/proc/self/fd/6) */
 
 #define SBX_AGENT_PORT_NAME "org.schedulerd.agent.0"
 

@@ -51,6 +51,9 @@ guint sbx_template_get_memory_mb(SbxTemplate *tpl);
 guint64 sbx_template_get_hot_bytes(SbxTemplate *tpl);
 /* The device state, opened read-only (O_CLOEXEC), -1 on error. */
 int sbx_template_open_state(SbxTemplate *tpl, GError **error);
+/* The RAM file, opened read-only (O_CLOEXEC) and checked to be the very file
+ * the metadata describes (device, inode, size); -1 on error. */
+int sbx_template_open_ram(SbxTemplate *tpl, GError **error);
 /* posix_fadvise(WILLNEED) the hot ranges of the RAM file in a worker thread
  * (fire and forget; a no-op for pages already cached). */
 void sbx_template_prefetch(SbxTemplate *tpl);

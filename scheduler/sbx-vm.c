@@ -302,12 +302,27 @@ boot_spawn(SbxVm *self, const SbxVmParams *params, GError **error)
     qcfg.vm_id = self->id;
     qcfg.work_disk = params->work_disk;
     qcfg.work_format = params->work_format;
+    g_auto(SbxFd) mem_fd = -1;
+    char mem_path[32];
+    if (params->mem_fd > 0) {
+        mem_fd = fcntl(params->mem_fd, F_DUPFD_CLOEXEC, 3);
+        if (mem_fd < 0) {
+            int e = errno;
+            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "RAM file fd: %s",
+                        g_strerror(e));
+            return FALSE;
+        }
+        g_snprintf(mem_path, sizeof mem_path, "/proc/self/fd/%d", SBX_QEMU_FD_MEM);
+        qcfg.mem_path = mem_path;
+    }
     g_auto(GStrv) argv = sbx_qemu_build_argv(params->qemu, &qcfg);
     g_autoptr(SbxSpawnSpec) spec = sbx_spawn_spec_new();
     for (guint i = 0; argv[i]; i++)
         sbx_spawn_spec_add_arg(spec, argv[i]);
     sbx_spawn_spec_take_fd(spec, sbx_steal_fd(&qmp_theirs), SBX_QEMU_FD_QMP);
     sbx_spawn_spec_take_fd(spec, sbx_steal_fd(&agent_theirs), SBX_QEMU_FD_AGENT);
+    if (mem_fd >= 0)
+        sbx_spawn_spec_take_fd(spec, sbx_steal_fd(&mem_fd), SBX_QEMU_FD_MEM);
     if (qcfg.with_netdev) {
         int net_fd = fcntl(params->net_fd, F_DUPFD_CLOEXEC, 3);
         if (net_fd < 0) {

@@ -42,6 +42,10 @@ typedef struct {
     const char *work_format;
     SbxCgroup *cgroup;         /* already created, nullable; the VM destroys it */
     guint boot_timeout_ms;
+    int mem_fd;                /* > 0: the guest RAM file (L1 template), opened by the
+                                * caller (borrowed): QEMU maps this very file through
+                                * /proc/self/fd, so a template replaced on disk meanwhile
+                                * cannot be mixed with the state read earlier */
     int net_fd;                /* with qemu_cfg.with_netdev: QEMU's end of the network
                                 * helper's socketpair (borrowed; QEMU gets a duplicate) */
 } SbxVmParams;
