@@ -677,10 +677,12 @@ typedef struct {
     char *cgroup; /* cpu cgroup of the floor's QEMU, NULL: none */
 } Floor;
 
-/* The scheduler runs each VM in its own cpu cgroup; on a busy host a process
- * in its own group gets a group's CPU share instead of one task's. The floor's
- * QEMU gets the same treatment (a top-level cpu group, default weight, no
- * quota) so the comparison is of the launch path, not of CPU shares. */
+/* The scheduler runs each VM in its own cpu cgroup under <root>/schedulerd;
+ * on a busy host a process in a group competes as a group, not as one task.
+ * The floor's QEMU gets a sibling group there (default weight, no quota), so
+ * it competes for CPU with everything else on the host exactly like the
+ * scheduler's VMs do and the comparison is of the launch path, not of CPU
+ * shares. Without the scheduler's group: a top-level group. */
 static char *
 floor_cgroup_create(void)
 {
@@ -691,7 +693,9 @@ floor_cgroup_create(void)
                                                 NULL);
         if (!g_file_test(probe, G_FILE_TEST_EXISTS) || !g_file_test(ctl, G_FILE_TEST_EXISTS))
             continue;
-        g_autofree char *dir = g_strdup_printf("%s/sbx-bench-floor-%d", roots[i], (int)getpid());
+        g_autofree char *base = g_build_filename(roots[i], "schedulerd", NULL);
+        const char *parent = g_file_test(base, G_FILE_TEST_IS_DIR) ? base : roots[i];
+        g_autofree char *dir = g_strdup_printf("%s/sbx-bench-floor-%d", parent, (int)getpid());
         if (g_mkdir(dir, 0755) != 0 && errno != EEXIST)
             return NULL;
         return g_steal_pointer(&dir);
@@ -943,13 +947,12 @@ cmd_create(Bench *b)
     g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
     g_setenv("SCHEDULERD_L1_PRESTART", "0", TRUE);
     g_setenv("SCHEDULERD_L1", "0", TRUE);
-    SbxConfig *cfg = bench_config(b, 0, 0);
-    g_autoptr(SbxManager) mgr = manager_start(b, cfg, &error);
+    g_autoptr(SbxManager) mgr = manager_start(b, bench_config(b, 0, 0), &error);
     if (mgr == NULL) {
         g_printerr("sbx-bench: scheduler start failed: %s\n", error->message);
         return 1;
     }
-    cfg = (SbxConfig *)sbx_manager_get_config(mgr);
+    const SbxConfig *cfg = sbx_manager_get_config(mgr);
 
     Path *host = path_new("host", "host `python3 -c 'print(1)'`", FALSE);
     Path *bwrap = path_new("bwrap", "bwrap `python3 -c 'print(1)'`", FALSE);
