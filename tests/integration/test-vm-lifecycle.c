@@ -909,6 +909,133 @@ test_orphans_after_scheduler_crash(void **state)
     stop_manager(mgr);
 }
 
+/* The reaper itself, for children that outlived their scheduler (no
+ * PDEATHSIG: another pid namespace, a helper that changed it): a record whose
+ * pid and start time match is killed, a record of a recycled pid (same pid,
+ * other start time) is not; both run dirs go. The cgroup sweep removes the
+ * groups of dead owners only: a live scheduler's vm-<pid>-* groups stay. */
+static GSubprocess *
+spawn_sleeper(GPid *out_pid)
+{
+    GSubprocess *p = g_subprocess_new(G_SUBPROCESS_FLAGS_NONE, NULL, "sleep", "600", NULL);
+    assert_non_null(p);
+    *out_pid = (GPid)atoi(g_subprocess_get_identifier(p));
+    return p;
+}
+
+static void
+write_record(const char *runtime, const char *vm, GPid pid, guint64 start)
+{
+    g_autofree char *dir = g_build_filename(runtime, "vms", vm, NULL);
+    assert_int_equal(g_mkdir_with_parents(dir, 0700), 0);
+    g_autofree char *rec = g_build_filename(dir, "qemu.pid", NULL);
+    g_autofree char *text = g_strdup_printf("%d %" G_GUINT64_FORMAT "\n", (int)pid, start);
+    assert_true(g_file_set_contents(rec, text, -1, NULL));
+    g_autofree char *disk = g_build_filename(dir, "work.qcow2", NULL);
+    assert_true(g_file_set_contents(disk, "", 0, NULL));
+}
+
+static guint64
+start_time(GPid pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", (int)pid);
+    g_autofree char *stat = NULL;
+    assert_true(g_file_get_contents(path, &stat, NULL, NULL));
+    g_auto(GStrv) f = g_strsplit(strrchr(stat, ')') + 2, " ", 0);
+    return g_ascii_strtoull(f[19], NULL, 10);
+}
+
+static gboolean
+cgroup_exists(GPtrArray *bases, const char *name)
+{
+    for (guint i = 0; i < bases->len; i++) {
+        g_autofree char *p = g_build_filename(g_ptr_array_index(bases, i), name, NULL);
+        if (g_file_test(p, G_FILE_TEST_IS_DIR))
+            return TRUE;
+    }
+    return FALSE;
+}
+
+typedef struct {
+    GPtrArray *bases;
+    const char *name;
+} CgWait;
+
+static gboolean
+cgroup_gone(gpointer data)
+{
+    CgWait *w = data;
+    return !cgroup_exists(w->bases, w->name);
+}
+
+static void
+test_orphan_records_and_cgroups(void **state)
+{
+    Fixture *f = *state;
+    g_autofree char *runtime = g_build_filename(f->dir, "records", NULL);
+    GPid orphan = 0, bystander = 0;
+    g_autoptr(GSubprocess) orphan_p = spawn_sleeper(&orphan);
+    g_autoptr(GSubprocess) bystander_p = spawn_sleeper(&bystander);
+    write_record(runtime, "vm-orphan", orphan, start_time(orphan));
+    write_record(runtime, "vm-recycled", bystander, start_time(bystander) + 1);
+
+    /* cgroups: one of a dead owner, one of a live owner that is not us */
+    gboolean cg = cgroups_enabled();
+    SbxCgroupConfig ccfg = {0};
+    g_autoptr(SbxCgroupManager) cm = sbx_cgroup_manager_new(&ccfg, NULL);
+    assert_non_null(cm);
+    g_autoptr(GPtrArray) bases = sbx_cgroup_manager_dup_base_dirs(cm);
+    g_autoptr(SbxCgroup) dead_cg = NULL, live_cg = NULL;
+    g_autofree char *dead_name = NULL;
+    g_autofree char *live_name = g_strdup_printf("vm-%d-1", (int)bystander);
+    if (cg) {
+        g_autofree char *out = NULL; /* a pid that has exited */
+        assert_true(g_spawn_command_line_sync("sh -c 'echo $$'", &out, NULL, NULL, NULL));
+        GPid gone = (GPid)atoi(out);
+        assert_true(gone > 1);
+        dead_name = g_strdup_printf("vm-%d-1", (int)gone);
+        dead_cg = sbx_cgroup_manager_create(cm, dead_name, NULL, NULL);
+        live_cg = sbx_cgroup_manager_create(cm, live_name, NULL, NULL);
+        assert_non_null(dead_cg);
+        assert_non_null(live_cg);
+        assert_true(cgroup_exists(bases, dead_name));
+    } else {
+        print_message("# cgroups unusable here: the sweep part is not checked\n");
+    }
+
+    g_ptr_array_set_size(log_lines, 0);
+    SbxManager *mgr = start_manager(make_config(runtime));
+    gboolean killed = FALSE, stale = FALSE;
+    for (guint i = 0; i < log_lines->len; i++) {
+        const char *l = g_ptr_array_index(log_lines, i);
+        print_message("# log: %s\n", l);
+        g_autofree char *k = g_strdup_printf("vm-orphan: killed qemu[%d]", (int)orphan);
+        killed |= strstr(l, k) != NULL;
+        stale |= strstr(l, "vm-recycled: removed stale files") != NULL;
+    }
+    assert_true(killed);
+    assert_true(stale);
+    g_autofree char *vms = g_build_filename(runtime, "vms", NULL);
+    assert_int_equal(count_tree(vms), 0);
+
+    gboolean orphan_reaped = FALSE;
+    g_subprocess_wait_async(orphan_p, NULL, wait_cb, &orphan_reaped);
+    spin_until(flag_set, &orphan_reaped, 0, "the orphan to die");
+    assert_true(g_subprocess_get_if_signaled(orphan_p));
+    assert_int_equal(g_subprocess_get_term_sig(orphan_p), SIGKILL);
+    assert_true(pid_alive(bystander)); /* the recycled pid was left alone */
+
+    if (cg) {
+        CgWait w = {bases, dead_name};
+        spin_until(cgroup_gone, &w, 20, "the dead owner's cgroup to be swept");
+        /* the sweep ran (the dead one is gone) and left the live one */
+        assert_true(cgroup_exists(bases, live_name));
+        assert_true(sbx_cgroup_try_destroy(live_cg, NULL));
+    }
+    g_subprocess_force_exit(bystander_p);
+    stop_manager(mgr);
+}
+
 /* Last: the fixture's manager shut down leaves what was there before it. */
 static void
 test_shutdown_releases_everything(void **state)
@@ -972,6 +1099,7 @@ main(void)
         cmocka_unit_test(test_kill_storage_daemon),
         cmocka_unit_test(test_fake_qemu),
         cmocka_unit_test(test_orphans_after_scheduler_crash),
+        cmocka_unit_test(test_orphan_records_and_cgroups),
         cmocka_unit_test(test_shutdown_releases_everything),
     };
     if (g_getenv("SBX_TEST_FILTER")) /* e.g. "*fake*" while debugging */
