@@ -909,20 +909,25 @@ sbx_guest_reseed_async(SbxGuest *self, GBytes *entropy, GCancellable *cancellabl
 {
     Req *r = req_new(self, REQ_RESEED, cancellable, callback, user_data, sbx_guest_reseed_async);
     guint8 buf[64];
+    JsonObject *h;
 
     if (!r)
         return;
+    /* A restored guest's wall clock stands at the template's save time: the
+     * host's clock travels with the entropy. */
+    h = sbx_frame_header_new("reseed", r->id);
+    json_object_set_int_member(h, "realtime_ns", g_get_real_time() * 1000);
     if (entropy) {
-        send_frame(self, sbx_frame_header_new("reseed", r->id), g_bytes_get_data(entropy, NULL),
-                   MIN(g_bytes_get_size(entropy), 4096));
+        send_frame(self, h, g_bytes_get_data(entropy, NULL), MIN(g_bytes_get_size(entropy), 4096));
         return;
     }
     if (getrandom(buf, sizeof buf, 0) != (ssize_t)sizeof buf) {
+        json_object_unref(h);
         req_fail(self, r, g_error_new(SBX_GUEST_ERROR, SBX_GUEST_ERROR_FAILED,
                                       "getrandom: %s", g_strerror(errno)));
         return;
     }
-    send_frame(self, sbx_frame_header_new("reseed", r->id), buf, sizeof buf);
+    send_frame(self, h, buf, sizeof buf);
 }
 
 gboolean

@@ -26,6 +26,7 @@
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <gio/gio.h>
@@ -192,8 +193,18 @@ handle_reseed(GaAgent *a, SbxFrame *frame)
     } else if (ioctl(fd, RNDRESEEDCRNG) != 0) {
         credited = FALSE;
     }
+    /* After a snapshot restore the wall clock stands at the template's save
+     * time: take the host's (unprivileged test agents cannot; say so). */
+    gboolean clock_set = FALSE;
+    gint64 realtime_ns = sbx_frame_get_int(frame, "realtime_ns", 0);
+    if (realtime_ns > 0) {
+        struct timespec ts = {.tv_sec = realtime_ns / 1000000000,
+                              .tv_nsec = realtime_ns % 1000000000};
+        clock_set = clock_settime(CLOCK_REALTIME, &ts) == 0;
+    }
     h = sbx_frame_header_new("ok", frame->id);
     json_object_set_boolean_member(h, "credited", credited);
+    json_object_set_boolean_member(h, "clock_set", clock_set);
     ga_send(a, h, NULL, 0);
 }
 

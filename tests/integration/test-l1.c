@@ -236,7 +236,7 @@ main(void)
     cfg->accel = SBX_ACCEL_MODE_TCG;
     g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
 
-    printf("1..21\n");
+    printf("1..22\n");
     g_autoptr(GAsyncResult) started = NULL;
     g_autoptr(GError) error = NULL;
     sbx_manager_start_async(mgr, NULL, on_done, &started);
@@ -283,6 +283,18 @@ main(void)
        b.out ? b.out : "-");
     run_clear(&a);
     run_clear(&b);
+
+    /* the restored guest's wall clock is the host's, not the template's save time
+     * (the template was saved several runs ago) */
+    gint64 before_us = g_get_real_time();
+    run_code(mgr, "import time; print('%.3f' % time.time())", &a);
+    gint64 after_us = g_get_real_time();
+    double guest_s = a.out ? g_ascii_strtod(a.out, NULL) : 0;
+    OK(a.result && a.result->l1_hit && guest_s >= before_us / 1e6 - 1.0 &&
+           guest_s <= after_us / 1e6 + 1.0,
+       "a restored VM's clock is set from the host on restore (guest %.3f, host %.3f..%.3f)",
+       guest_s, before_us / 1e6, after_us / 1e6);
+    run_clear(&a);
 
     /* 9-10: javascript: its template keeps the warm page cache, not the node process,
      * whose PRNGs would otherwise be cloned into every restored VM */
