@@ -1210,6 +1210,7 @@ typedef struct {
     double wall_s, vms_per_s, peak_rss_mib, peak_rss_pct, efficiency;
     guint peak_vms;
     GArray *admission, *setup, *exec, *total;
+    GArray *lang_exec[SBX_N_LANGUAGES]; /* exec_ms per language */
     GHashTable *errors; /* "domain:code" -> count (GUINT_TO_POINTER) */
     char *first_error;
 } BurstRes;
@@ -1221,6 +1222,8 @@ burst_res_free(BurstRes *r)
     g_array_unref(r->setup);
     g_array_unref(r->exec);
     g_array_unref(r->total);
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++)
+        g_array_unref(r->lang_exec[l]);
     g_hash_table_unref(r->errors);
     g_free(r->first_error);
     g_free(r);
@@ -1309,6 +1312,8 @@ burst_once(Bench *b, double cpu_ratio, double mem_ratio, guint n, GError **error
     br->setup = series_new();
     br->exec = series_new();
     br->total = series_new();
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++)
+        br->lang_exec[l] = series_new();
     br->errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 
     g_autofree char *needle = g_build_filename(b->rt, "vms", NULL);
@@ -1340,6 +1345,8 @@ burst_once(Bench *b, double cpu_ratio, double mem_ratio, guint n, GError **error
             series_add(br->admission, (double)t->admission_ms);
             series_add(br->setup, (double)t->setup_ms);
             series_add(br->exec, (double)t->exec_ms);
+            series_add(br->lang_exec[workload[i % G_N_ELEMENTS(workload)].lang],
+                       (double)t->exec_ms);
             series_add(br->total, r->done_ms - r->submit_ms);
             br->l1_hits += r->result->l1_hit;
             br->warm_hits += r->result->warm_pool_hit;
@@ -1412,6 +1419,11 @@ burst_json(JsonBuilder *jb, const BurstRes *r)
     json_add_stats(jb, "setup_ms", r->setup);
     json_add_stats(jb, "exec_ms", r->exec);
     json_add_stats(jb, "total_ms", r->total);
+    json_builder_set_member_name(jb, "exec_ms_by_language");
+    json_builder_begin_object(jb);
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++)
+        json_add_stats(jb, sbx_language_to_string(l), r->lang_exec[l]);
+    json_builder_end_object(jb);
     json_add_num(jb, "peak_rss_mib", r->peak_rss_mib);
     json_add_num(jb, "peak_rss_pct", r->peak_rss_pct);
     json_builder_set_member_name(jb, "peak_vms");
@@ -1441,6 +1453,17 @@ burst_json(JsonBuilder *jb, const BurstRes *r)
         json_builder_add_string_value(jb, r->first_error);
     }
     json_builder_end_object(jb);
+}
+
+static void
+burst_lang_line(const BurstRes *r)
+{
+    printf("- cpu %.1f mem %.1f: exec p50 / p95 by language (ms):", r->cpu_ratio, r->mem_ratio);
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++) {
+        Stats st = stats_of(r->lang_exec[l]);
+        printf(" %s %s / %s%s", l == SBX_LANGUAGE_RAW ? "shell" : sbx_language_to_string(l),
+               fmt_ms(st.p50), fmt_ms(st.p95), l + 1 < SBX_N_LANGUAGES ? "," : "\n");
+    }
 }
 
 static void
@@ -1482,6 +1505,8 @@ cmd_burst(Bench *b)
            b->runs, b->accel, g_get_num_processors());
     burst_table_header();
     burst_row(r);
+    printf("\n");
+    burst_lang_line(r);
     burst_errors(r);
     printf("\nTarget: 100%% success, no failure for lack of fds/threads/pids: %s\n",
            r->ok == r->n && r->resource_failures == 0 ? "met" : "NOT met");
@@ -1567,6 +1592,9 @@ cmd_optimizer(Bench *b)
         g_autofree char *label = g_strdup_printf("cpu %.1f mem %.1f", r->cpu_ratio, r->mem_ratio);
         dat_row(dat, label, r->total);
     }
+    printf("\n");
+    for (guint i = 0; i < res->len; i++)
+        burst_lang_line(g_ptr_array_index(res, i));
     for (guint i = 0; i < res->len; i++)
         burst_errors(g_ptr_array_index(res, i));
     if (best)
