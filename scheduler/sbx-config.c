@@ -44,7 +44,7 @@ sbx_config_new_default(void)
     cfg->cpu_reserve_cores = 0.5;
     cfg->vm_overhead_mb = 64;
     cfg->tcg_cache_mb = 64;
-    cfg->admission_timeout_s = 120;
+    cfg->admission_timeout_s = 600;
     cfg->session_idle_timeout_s = 300;
     return cfg;
 }
