@@ -92,19 +92,22 @@ finish_start_waiters(QsdDaemon *self, const GError *error)
     }
 }
 
+/* Reentrant: closing the monitor fails its pending commands synchronously,
+ * and their callbacks may start a new daemon (a pool refill retried) before
+ * this returns. So the old monitor and child are detached from self first and
+ * only then closed and killed: the new ones are never touched. */
 static void
 drop_process(QsdDaemon *self)
 {
+    g_autoptr(QmpClient) qmp = g_steal_pointer(&self->qmp);
+    g_autoptr(SbxChild) child = g_steal_pointer(&self->child);
     self->running = FALSE;
-    if (self->qmp) {
-        g_signal_handlers_disconnect_by_data(self->qmp, self);
-        qmp_client_close(self->qmp);
-        g_clear_object(&self->qmp);
+    if (qmp) {
+        g_signal_handlers_disconnect_by_data(qmp, self);
+        qmp_client_close(qmp);
     }
-    if (self->child) {
-        sbx_child_kill(self->child, SIGKILL);
-        g_clear_object(&self->child);
-    }
+    if (child)
+        sbx_child_kill(child, SIGKILL);
 }
 
 static void
@@ -205,6 +208,7 @@ qsd_daemon_start_async(QsdDaemon *self, GCancellable *cancellable, GAsyncReadyCa
         g_task_return_boolean(task, TRUE);
         return;
     }
+    g_debug("qemu-storage-daemon: start (%s)", self->starting ? "already starting" : "spawning");
     g_queue_push_tail(&self->start_waiters, g_object_ref(task));
     if (self->starting)
         return;
