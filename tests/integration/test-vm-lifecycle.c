@@ -409,6 +409,13 @@ pool_full(gpointer data)
     return pool_value(mgr, "work_disks") == pool_value(mgr, "work_disks_target");
 }
 
+static gboolean
+pool_short(gpointer data)
+{
+    SbxManager *mgr = data;
+    return pool_value(mgr, "work_disks") < pool_value(mgr, "work_disks_target");
+}
+
 typedef struct {
     guint fds;
     char *fd_list;
@@ -662,11 +669,17 @@ test_kill_storage_daemon(void **state)
     GPid qsd = 0;
     g_autofree char *kids = children("qemu-storage", &qsd);
     assert_true(qsd > 0);
-    print_message("# killing qemu-storage-daemon [%d]; %u restarts so far\n", (int)qsd, restarts);
-    assert_int_equal(kill(qsd, SIGKILL), 0);
 
-    /* first run takes a pre-created disk; its refill meets the dead daemon */
-    g_autoptr(Run) r1 = run_sync(f->mgr, SBX_LANGUAGE_RAW, "echo one");
+    /* kill it while the refill after the first run's take is in flight: the
+     * refill's blockdev-create fails inside the monitor's close */
+    g_autoptr(Run) r1 = run_start(f->mgr, SBX_LANGUAGE_RAW, "echo one");
+    spin_until(pool_short, f->mgr, 1, "the first run to take a work disk");
+    print_message("# killing qemu-storage-daemon [%d] during a refill; %u restarts so far\n",
+                  (int)qsd, restarts);
+    assert_int_equal(kill(qsd, SIGKILL), 0);
+    spin_until(flag_set, &r1->w.done, 0, "the first run");
+    if (r1->w.error)
+        print_message("# run failed: %s\n", r1->w.error->message);
     assert_true(r1->w.ok);
     g_autofree char *o1 = stream_text(r1->out);
     assert_string_equal(o1, "one\n");
