@@ -334,6 +334,9 @@ struct _RunData {
     GError *error;
     guint setup_pending;
     guint exec_deadline_id; /* host-side hard deadline of a dispatched exec */
+    GError *lost_error;     /* the channel closed mid-exec: waiting for QEMU's exit */
+    guint lost_timer_id;
+    gulong lost_died_id;
     gboolean exec_done;
     gboolean dispatched;
     gboolean retire;        /* the guest asked for the VM to be retired (exit 137) */
@@ -353,6 +356,10 @@ static void
 run_data_free(RunData *d)
 {
     g_clear_handle_id(&d->exec_deadline_id, g_source_remove);
+    g_clear_handle_id(&d->lost_timer_id, g_source_remove);
+    if (d->vm)
+        g_clear_signal_handler(&d->lost_died_id, d->vm);
+    g_clear_error(&d->lost_error);
     for (int i = 0; i < 2; i++) {
         g_queue_clear_full(&d->sink[i].chunks, (GDestroyNotify)g_bytes_unref);
         g_clear_object(&d->sink[i].stream);
@@ -550,6 +557,54 @@ run_finish(RunData *d)
     shutdown_continue(self); /* a draining shutdown waits for the last run */
 }
 
+#define SBX_EXEC_LOST_WAIT_MS 250
+
+static void
+exec_lost_done(RunData *d)
+{
+    g_clear_handle_id(&d->lost_timer_id, g_source_remove);
+    g_clear_signal_handler(&d->lost_died_id, d->vm);
+    g_autofree char *how = sbx_vm_dup_exit_description(d->vm);
+    g_autofree char *tail = sbx_vm_dup_console_tail(d->vm, 5);
+    GError *error = g_steal_pointer(&d->lost_error);
+    if (how)
+        g_prefix_error(&error, "the VM stopped while the code ran: QEMU %s; last console lines:\n%s\n",
+                       how, tail);
+    else
+        g_prefix_error(&error, "the VM stopped answering while the code ran; last console lines:\n%s\n",
+                       tail);
+    run_set_error(d, error);
+    d->exec_done = TRUE;
+    sink_pump(d, &d->sink[0]);
+}
+
+static gboolean
+exec_lost_timeout_cb(gpointer user_data)
+{
+    RunData *d = user_data;
+    d->lost_timer_id = 0;
+    exec_lost_done(d);
+    return G_SOURCE_REMOVE;
+}
+
+static void
+exec_lost_died_cb(SbxVm *vm, const char *how, gpointer user_data)
+{
+    exec_lost_done(user_data);
+}
+
+static void
+exec_lost_wait(RunData *d, GError *error)
+{
+    d->lost_error = error;
+    if (sbx_vm_get_state(d->vm) != SBX_VM_STATE_READY) {
+        exec_lost_done(d);
+        return;
+    }
+    d->lost_died_id = g_signal_connect(d->vm, "died", G_CALLBACK(exec_lost_died_cb), d);
+    d->lost_timer_id = g_timeout_add(SBX_EXEC_LOST_WAIT_MS, exec_lost_timeout_cb, d);
+}
+
 static void
 exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 {
@@ -559,9 +614,12 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 
     g_clear_handle_id(&d->exec_deadline_id, g_source_remove);
     if (!sbx_guest_exec_finish(SBX_GUEST(source), res, &r, &error)) {
-        if (g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED) && d->vm) {
-            g_autofree char *tail = sbx_vm_dup_console_tail(d->vm, 5);
-            g_prefix_error(&error, "the VM died while the code ran (%s): ", tail);
+        if (g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED) && d->vm &&
+            d->kind != RUN_KIND_SESSION_EXEC) {
+            /* The channel usually closes just before QEMU's exit is reaped: wait
+             * a moment for it, so the error can say how the VM ended. */
+            exec_lost_wait(d, error);
+            return;
         }
         run_set_error(d, error);
     } else {

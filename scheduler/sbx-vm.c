@@ -127,6 +127,14 @@ sbx_vm_is_prestarted(SbxVm *self)
 }
 
 char *
+sbx_vm_dup_exit_description(SbxVm *self)
+{
+    if (self->child == NULL || !sbx_child_has_exited(self->child))
+        return NULL;
+    return sbx_child_describe_exit(self->child);
+}
+
+char *
 sbx_vm_dup_console_tail(SbxVm *self, guint n)
 {
     return self->child ? sbx_child_dup_console_tail(self->child, n) : g_strdup("");

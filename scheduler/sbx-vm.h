@@ -64,6 +64,8 @@ SbxCgroup *sbx_vm_get_cgroup(SbxVm *self);
 gint64 sbx_vm_get_boot_ms(SbxVm *self);
 /* The last @n console lines (diagnostics). */
 char *sbx_vm_dup_console_tail(SbxVm *self, guint n);
+/* How QEMU ended ("killed by signal 9 (Killed)"), or NULL while it runs. */
+char *sbx_vm_dup_exit_description(SbxVm *self);
 
 /* Start QEMU and wait for the agent's hello. The VM keeps @params' strings it
  * needs. On failure the VM is left for sbx_vm_destroy_async to clean. */

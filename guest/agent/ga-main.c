@@ -470,10 +470,12 @@ main(int argc, char **argv)
     if (channel_fd < 0) {
         become_reaper_if_pid1();
         /* In the VM the OOM killer must pick user code, never the agent. */
-        if (!g_file_set_contents("/proc/self/oom_score_adj", "-1000", -1, &error)) {
-            g_warning("cannot protect the agent from the OOM killer: %s", error->message);
-            g_clear_error(&error);
-        }
+        /* a plain write: g_file_set_contents would try a temp file + rename in /proc */
+        int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (oom < 0 || write(oom, "-1000", 5) != 5)
+            g_warning("cannot protect the agent from the OOM killer: %s", g_strerror(errno));
+        if (oom >= 0)
+            close(oom);
     }
     signal(SIGPIPE, SIG_IGN);
 
