@@ -141,50 +141,39 @@ guint64 sbx_template_get_disk_size(SbxTemplate *tpl) { return tpl->disk_size; }
 guint sbx_template_get_memory_mb(SbxTemplate *tpl) { return tpl->memory_mb; }
 guint64 sbx_template_get_hot_bytes(SbxTemplate *tpl) { return tpl->hot_bytes; }
 
-int
-sbx_template_open_state(SbxTemplate *tpl, GError **error)
+/* Open @path read-only and check it is still the file the template recorded. */
+static int
+open_recorded(const char *path, const FileId *id, GError **error)
 {
-    int fd = open(tpl->state_path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
         int e = errno;
         if (fd >= 0)
             close(fd);
-        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "%s: %s", tpl->state_path,
-                    g_strerror(e));
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "%s: %s", path, g_strerror(e));
         return -1;
     }
-    if ((guint64)st.st_ino != tpl->state_id.ino || (guint64)st.st_dev != tpl->state_id.dev ||
-        (guint64)st.st_size != tpl->state_id.size) {
+    if ((guint64)st.st_ino != id->ino || (guint64)st.st_dev != id->dev ||
+        (guint64)st.st_size != id->size) {
         close(fd);
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-                    "%s was replaced since the template was written", tpl->state_path);
+                    "%s was replaced since the template was written", path);
         return -1;
     }
     return fd;
 }
 
 int
+sbx_template_open_state(SbxTemplate *tpl, GError **error)
+{
+    return open_recorded(tpl->state_path, &tpl->state_id, error);
+}
+
+int
 sbx_template_open_ram(SbxTemplate *tpl, GError **error)
 {
-    int fd = open(tpl->ram_path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        int e = errno;
-        if (fd >= 0)
-            close(fd);
-        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "%s: %s", tpl->ram_path,
-                    g_strerror(e));
-        return -1;
-    }
-    if ((guint64)st.st_ino != tpl->ram_id.ino || (guint64)st.st_dev != tpl->ram_id.dev ||
-        (guint64)st.st_size != tpl->ram_id.size) {
-        close(fd);
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-                    "%s was replaced since the template was written", tpl->ram_path);
-        return -1;
-    }
-    return fd;
+    return open_recorded(tpl->ram_path, &tpl->ram_id, error);
 }
 
 static void
