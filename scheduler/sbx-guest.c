@@ -1057,6 +1057,23 @@ on_src_read(GObject *source, GAsyncResult *res, gpointer data)
     write_pump(self, r);
 }
 
+/* A request on a guest path: the path is validated first (nothing is sent for
+ * a bad one); NULL when the task already failed. */
+static Req *
+path_req_new(SbxGuest *self, ReqKind kind, const char *path, gboolean allow_root,
+             GCancellable *cancellable, GAsyncReadyCallback callback, gpointer user_data,
+             gpointer source_tag)
+{
+    GError *error = NULL;
+    if (!sbx_validate_path(path, path ? strlen(path) : 0, allow_root, &error)) {
+        g_autoptr(GTask) task = g_task_new(self, cancellable, callback, user_data);
+        g_task_set_source_tag(task, source_tag);
+        g_task_return_error(task, error);
+        return NULL;
+    }
+    return req_new(self, kind, cancellable, callback, user_data, source_tag);
+}
+
 static void
 write_pump(SbxGuest *self, Req *r)
 {
@@ -1072,17 +1089,10 @@ sbx_guest_write_file_async(SbxGuest *self, const char *path, GInputStream *sourc
                            GCancellable *cancellable, GAsyncReadyCallback callback,
                            gpointer user_data)
 {
-    GError *error = NULL;
-    Req *r;
+    Req *r = path_req_new(self, REQ_WRITE, path, FALSE, cancellable, callback, user_data,
+                          sbx_guest_write_file_async);
     JsonObject *h;
 
-    if (!sbx_validate_path(path, path ? strlen(path) : 0, FALSE, &error)) {
-        g_autoptr(GTask) task = g_task_new(self, cancellable, callback, user_data);
-        g_task_set_source_tag(task, sbx_guest_write_file_async);
-        g_task_return_error(task, error);
-        return;
-    }
-    r = req_new(self, REQ_WRITE, cancellable, callback, user_data, sbx_guest_write_file_async);
     if (!r)
         return;
     r->src = g_object_ref(source);
@@ -1111,17 +1121,10 @@ sbx_guest_read_file_async(SbxGuest *self, const char *path, GOutputStream *dest,
                           GCancellable *cancellable, GAsyncReadyCallback callback,
                           gpointer user_data)
 {
-    GError *error = NULL;
-    Req *r;
+    Req *r = path_req_new(self, REQ_READ, path, FALSE, cancellable, callback, user_data,
+                          sbx_guest_read_file_async);
     JsonObject *h;
 
-    if (!sbx_validate_path(path, path ? strlen(path) : 0, FALSE, &error)) {
-        g_autoptr(GTask) task = g_task_new(self, cancellable, callback, user_data);
-        g_task_set_source_tag(task, sbx_guest_read_file_async);
-        g_task_return_error(task, error);
-        return;
-    }
-    r = req_new(self, REQ_READ, cancellable, callback, user_data, sbx_guest_read_file_async);
     if (!r)
         return;
     r->dest = g_object_ref(dest);
@@ -1148,18 +1151,12 @@ void
 sbx_guest_list_files_async(SbxGuest *self, const char *path, GCancellable *cancellable,
                            GAsyncReadyCallback callback, gpointer user_data)
 {
-    GError *error = NULL;
     Req *r;
     JsonObject *h;
 
     path = path ? path : "";
-    if (!sbx_validate_path(path, strlen(path), TRUE, &error)) {
-        g_autoptr(GTask) task = g_task_new(self, cancellable, callback, user_data);
-        g_task_set_source_tag(task, sbx_guest_list_files_async);
-        g_task_return_error(task, error);
-        return;
-    }
-    r = req_new(self, REQ_LIST, cancellable, callback, user_data, sbx_guest_list_files_async);
+    r = path_req_new(self, REQ_LIST, path, TRUE, cancellable, callback, user_data,
+                     sbx_guest_list_files_async);
     if (!r)
         return;
     h = sbx_frame_header_new("list_files", r->id);
