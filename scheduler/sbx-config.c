@@ -45,6 +45,11 @@ sbx_config_new_default(void)
     cfg->vm_overhead_mb = 64;
     cfg->tcg_cache_mb = 64;
     cfg->admission_timeout_s = 600;
+    cfg->vm_cpu_overhead_millis = 250;
+    cfg->psi_full_avg10_threshold = 10.0;
+    cfg->available_memory_floor_mb = 0;
+    cfg->bypass_limit = 8;
+    cfg->lookahead = 64;
     cfg->session_idle_timeout_s = 300;
     return cfg;
 }
@@ -118,6 +123,11 @@ static const KeyDesc keys[] = {
     UINT("admission", "vm_overhead_mb", vm_overhead_mb, 0, 1 << 16),
     UINT("admission", "tcg_cache_mb", tcg_cache_mb, 0, 1 << 16),
     UINT("admission", "admission_timeout_s", admission_timeout_s, 0, 86400),
+    UINT("admission", "vm_cpu_overhead_millis", vm_cpu_overhead_millis, 0, 64000),
+    DOUBLE("admission", "psi_full_avg10_threshold", psi_full_avg10_threshold, 0, 100),
+    UINT("admission", "available_memory_floor_mb", available_memory_floor_mb, 0, 1 << 24),
+    UINT("admission", "bypass_limit", bypass_limit, 0, 1 << 16),
+    UINT("admission", "lookahead", lookahead, 1, 1 << 16),
     UINT("session", "idle_timeout_s", session_idle_timeout_s, 1, 86400),
 };
 

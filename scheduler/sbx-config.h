@@ -43,6 +43,11 @@ typedef struct {
     guint vm_overhead_mb;      /* QEMU process overhead per VM */
     guint tcg_cache_mb;        /* extra under TCG: the translation cache */
     guint admission_timeout_s; /* how long a request may wait in the queue */
+    guint vm_cpu_overhead_millis;     /* CPU reserved per VM beyond its vCPUs */
+    double psi_full_avg10_threshold;  /* memory PSI gate; <= 0 disables */
+    guint available_memory_floor_mb;  /* admit only above this much free memory; 0 off */
+    guint bypass_limit;               /* later requests that may pass a blocked head */
+    guint lookahead;                  /* waiters looked at per dispatch pass */
     /* [session] */
     guint session_idle_timeout_s;
 } SbxConfig;

@@ -107,6 +107,11 @@ admission_config_from(const SbxConfig *cfg, SbxAdmissionConfig *acfg)
     acfg->cpu_reserve_cores = cfg->cpu_reserve_cores;
     acfg->vm_memory_overhead_bytes = (guint64)cfg->vm_overhead_mb << 20;
     acfg->tcg_tb_cache_bytes = (guint64)cfg->tcg_cache_mb << 20;
+    acfg->vm_cpu_overhead_millis = cfg->vm_cpu_overhead_millis;
+    acfg->psi_full_avg10_threshold = cfg->psi_full_avg10_threshold;
+    acfg->available_memory_floor_bytes = (guint64)cfg->available_memory_floor_mb << 20;
+    acfg->bypass_limit = cfg->bypass_limit;
+    acfg->lookahead = cfg->lookahead;
 }
 
 /* ---- start -------------------------------------------------------------- */

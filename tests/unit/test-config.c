@@ -46,7 +46,8 @@ static void
 test_values_and_errors(void **state)
 {
     g_autofree char *good = write_tmp("[scheduler]\naccel=tcg\nvcpus=2\nguest_dir=/x\n"
-                                      "[admission]\ncpu_overcommit_ratio=3.5\n");
+                                      "[admission]\ncpu_overcommit_ratio=3.5\nbypass_limit=0\n"
+                                      "psi_full_avg10_threshold=0\n");
     g_autoptr(SbxConfig) cfg = sbx_config_new_default();
     g_autoptr(GError) error = NULL;
     assert_true(sbx_config_load_file(cfg, good, &error));
@@ -54,6 +55,9 @@ test_values_and_errors(void **state)
     assert_int_equal(cfg->vcpus, 2);
     assert_string_equal(cfg->guest_dir, "/x");
     assert_true(cfg->cpu_overcommit_ratio == 3.5);
+    assert_int_equal(cfg->bypass_limit, 0);    /* strict FIFO */
+    assert_true(cfg->psi_full_avg10_threshold == 0); /* PSI gate off */
+    assert_int_equal(cfg->lookahead, 64);      /* untouched default */
     unlink(good);
 
     const char *bad[] = {
