@@ -116,6 +116,25 @@ admission_config_from(const SbxConfig *cfg, SbxAdmissionConfig *acfg)
 
 /* ---- start -------------------------------------------------------------- */
 
+/* VMs of the default size the budget allows (TCG costing, the larger one), so the
+ * probe checks threads-max and pids.max against this host's real plan. */
+static guint
+planned_slots(SbxManager *self)
+{
+    SbxAdmissionConfig acfg;
+    g_auto(SbxHostCapacity) cap = {0};
+    SbxHostRoots roots = {0};
+    guint64 mem_budget, cpu_budget, mem, cpu;
+
+    if (!sbx_host_capacity_read(&roots, &cap, NULL))
+        return 0; /* the probe's own default */
+    admission_config_from(self->cfg, &acfg);
+    sbx_admission_compute_budgets(&acfg, &cap, &mem_budget, &cpu_budget);
+    sbx_admission_config_vm_cost(&acfg, (guint64)self->cfg->default_memory_mb << 20,
+                                 self->cfg->vcpus, TRUE, &mem, &cpu);
+    return (guint)MAX(MIN(mem_budget / MAX(mem, 1), cpu_budget / MAX(cpu, 1)), 1);
+}
+
 static gboolean
 find_image(SbxManager *self, GError **error)
 {
@@ -279,6 +298,7 @@ sbx_manager_start_async(SbxManager *self, GCancellable *cancellable, GAsyncReady
     SbxProbeOptions opts = {0};
     opts.raise_limits = TRUE;
     opts.test_kvm = self->cfg->accel != SBX_ACCEL_MODE_TCG;
+    opts.planned_slots = planned_slots(self);
     sbx_probe_run_async(&opts, cancellable, probe_cb, task);
 }
 
