@@ -1060,7 +1060,9 @@ test_shutdown_releases_everything(void **state)
     snapshot_take(&now, f->runtime, NULL);
     if (now.fds != f->base.fds)
         print_message("# fds before: %s\n# fds after:  %s\n", f->base.fd_list, now.fd_list);
-    assert_int_equal(now.fds, f->base.fds);
+    /* no fd left behind; the baseline may hold a transient fd of GLib's (a pidfd or
+     * eventfd still open from the previous test) that is gone by now */
+    assert_true(now.fds <= f->base.fds);
     assert_string_equal(now.children, f->base.children); /* the storage daemon too */
     assert_int_equal(now.qemu, 0);
     assert_int_equal(now.vms_entries, 0);
