@@ -820,7 +820,7 @@ warmed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     if (!sbx_template_clones_repl(b->language)) {
         /* Keep what the warm-up read in the guest's page cache, not the process:
          * the first exec after a restore starts a fresh, freshly seeded REPL. */
-        static const char exit_code[] = "process.reallyExit(0)"; /* exit() is trapped */
+        static const char exit_code[] = "process.reallyExit(0)"; /* the driver traps process.exit */
         g_autoptr(GBytes) code = g_bytes_new_static(exit_code, sizeof exit_code - 1);
         sbx_guest_exec_async(sbx_vm_get_guest(b->vm_obj), b->language, code, 30, NULL, NULL,
                              NULL, NULL, g_task_get_cancellable(task), repl_dropped_cb, task);
