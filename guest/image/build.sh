@@ -58,7 +58,7 @@ for tool in apt-get apt-cache dpkg-deb depmod modprobe lz4 strip objcopy readelf
 done
 
 t_start=$(now)
-cache=${SBX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/schedulerd}/guest-image
+cache=${SBX_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/var/cache}/.cache}/schedulerd}/guest-image
 mkdir -p "$cache"/debs "$cache"/kernel "$cache"/tree "$cache"/image "$cache"/tmp
 # One build at a time per cache (several build directories share it).
 exec 9>"$cache/.lock"
