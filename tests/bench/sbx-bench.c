@@ -36,39 +36,9 @@
 #include "scheduler/sbx-error.h"
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-qemu.h"
+#include "tests/sbx-test-loop.h"
 
 /* ---- main-loop helpers ------------------------------------------------------ */
-
-static void
-on_done(GObject *src, GAsyncResult *res, gpointer data)
-{
-    (void)src;
-    *(GAsyncResult **)data = g_object_ref(res);
-}
-
-static GAsyncResult *
-wait_result(GAsyncResult **slot)
-{
-    while (!*slot)
-        g_main_context_iteration(NULL, TRUE);
-    return *slot;
-}
-
-static gboolean
-tick_cb(gpointer data)
-{
-    *(gboolean *)data = TRUE;
-    return G_SOURCE_REMOVE;
-}
-
-static void
-spin(guint ms)
-{
-    gboolean fired = FALSE;
-    g_timeout_add(ms, tick_cb, &fired);
-    while (!fired)
-        g_main_context_iteration(NULL, TRUE);
-}
 
 static double
 now_ms(void)
@@ -280,8 +250,8 @@ manager_start(Bench *b, SbxConfig *cfg, GError **error)
 {
     g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
     g_autoptr(GAsyncResult) res = NULL;
-    sbx_manager_start_async(mgr, NULL, on_done, &res);
-    if (!sbx_manager_start_finish(mgr, wait_result(&res), error))
+    sbx_manager_start_async(mgr, NULL, sbx_test_store_result, &res);
+    if (!sbx_manager_start_finish(mgr, sbx_test_wait_result(&res), error))
         return NULL;
     g_free(b->accel);
     b->accel = g_strdup(sbx_manager_get_accel(mgr));
@@ -292,8 +262,8 @@ static void
 manager_stop(SbxManager *mgr)
 {
     g_autoptr(GAsyncResult) res = NULL;
-    sbx_manager_shutdown_async(mgr, on_done, &res);
-    (void)sbx_manager_shutdown_finish(mgr, wait_result(&res), NULL);
+    sbx_manager_shutdown_async(mgr, sbx_test_store_result, &res);
+    (void)sbx_manager_shutdown_finish(mgr, sbx_test_wait_result(&res), NULL);
 }
 
 static guint64
@@ -315,7 +285,7 @@ wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
     while (status_u64(mgr, key) < want) {
         if (g_get_monotonic_time() >= end)
             return FALSE;
-        spin(200);
+        sbx_test_spin_ms(200);
     }
     return TRUE;
 }
@@ -533,8 +503,8 @@ spawn_wait(const char *const *argv, double *out_ms, GError **error)
     if (child == NULL)
         return FALSE;
     g_autoptr(GAsyncResult) res = NULL;
-    sbx_child_wait_async(child, NULL, on_done, &res);
-    if (!sbx_child_wait_finish(child, wait_result(&res), error))
+    sbx_child_wait_async(child, NULL, sbx_test_store_result, &res);
+    if (!sbx_child_wait_finish(child, sbx_test_wait_result(&res), error))
         return FALSE;
     double t1 = now_ms();
     int st = sbx_child_get_status(child);
@@ -818,8 +788,8 @@ floor_once(Bench *b, Floor *fl, double *out_hello, double *out_first, GError **e
     }
     sbx_child_kill(child, SIGKILL);
     g_autoptr(GAsyncResult) res = NULL;
-    sbx_child_wait_async(child, NULL, on_done, &res);
-    (void)sbx_child_wait_finish(child, wait_result(&res), NULL);
+    sbx_child_wait_async(child, NULL, sbx_test_store_result, &res);
+    (void)sbx_child_wait_finish(child, sbx_test_wait_result(&res), NULL);
     (void)unlink(disk);
     if (c.error) {
         g_autofree char *tail = sbx_child_dup_console_tail(child, 3);
@@ -929,14 +899,14 @@ static void
 before_prestarted(SbxManager *mgr)
 {
     (void)wait_status(mgr, "l1_prestarted", 1, 120);
-    spin(300);
+    sbx_test_spin_ms(300);
 }
 
 static void
 before_warm(SbxManager *mgr)
 {
     (void)wait_status(mgr, "warm_pool_python", 1, 300);
-    spin(300);
+    sbx_test_spin_ms(300);
 }
 
 static int
@@ -1285,9 +1255,9 @@ burst_warmup(SbxManager *mgr)
         }
         if (all || g_strcmp0(g_getenv("SCHEDULERD_L1"), "0") == 0)
             break;
-        spin(5000);
+        sbx_test_spin_ms(5000);
     }
-    spin(2000); /* let the warm pool refill */
+    sbx_test_spin_ms(2000); /* let the warm pool refill */
     g_printerr("sbx-bench: warm-up (one run per language until none is a cold boot): "
                "%u round(s), %.0f s%s\n",
                MIN(round + 1, 20), (now_ms() - t0) / 1000.0,

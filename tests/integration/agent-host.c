@@ -19,6 +19,7 @@
 #include <glib/gstdio.h>
 
 #include "scheduler/sbx-guest.h"
+#include "tests/sbx-test-loop.h"
 
 static int test_no;
 static int failures;
@@ -38,12 +39,6 @@ static GMainContext *ctx;
     } while (0)
 
 /* ---- sync helpers ------------------------------------------------------- */
-
-static void
-on_done(GObject *src, GAsyncResult *res, gpointer data)
-{
-    *(GAsyncResult **)data = g_object_ref(res);
-}
 
 static GAsyncResult *
 wait_result(GAsyncResult **slot)
@@ -86,7 +81,7 @@ run_exec(SbxGuest *g, SbxLanguage lang, const char *code, guint timeout, GHashTa
     o->err = g_string_new(NULL);
     o->chunks = 0;
     memset(res, 0, sizeof *res);
-    sbx_guest_exec_async(g, lang, b, timeout, env, on_output, o, NULL, cancel, on_done, &r);
+    sbx_guest_exec_async(g, lang, b, timeout, env, on_output, o, NULL, cancel, sbx_test_store_result, &r);
     ok = sbx_guest_exec_finish(g, wait_result(&r), res, error);
     g_object_unref(r);
     return ok;
@@ -152,7 +147,7 @@ agent_start(Agent *a, GError **error)
         return FALSE;
     }
     a->guest = sbx_guest_new(sv[0]);
-    sbx_guest_wait_hello_async(a->guest, 10000, NULL, on_done, &r);
+    sbx_guest_wait_hello_async(a->guest, 10000, NULL, sbx_test_store_result, &r);
     ok = sbx_guest_wait_hello_finish(a->guest, wait_result(&r), error);
     g_object_unref(r);
     return ok;
@@ -167,7 +162,7 @@ agent_stop(Agent *a)
     }
     if (a->proc) {
         GAsyncResult *r = NULL;
-        g_subprocess_wait_async(a->proc, NULL, on_done, &r);
+        g_subprocess_wait_async(a->proc, NULL, sbx_test_store_result, &r);
         g_subprocess_wait_finish(a->proc, wait_result(&r), NULL);
         g_object_unref(r);
         g_clear_object(&a->proc);
@@ -324,7 +319,7 @@ write_file(SbxGuest *g, const char *path, GInputStream *in, guint64 *size, GErro
 {
     GAsyncResult *r = NULL;
     gboolean ok;
-    sbx_guest_write_file_async(g, path, in, 0640, NULL, on_done, &r);
+    sbx_guest_write_file_async(g, path, in, 0640, NULL, sbx_test_store_result, &r);
     ok = sbx_guest_write_file_finish(g, wait_result(&r), size, error);
     g_object_unref(r);
     return ok;
@@ -335,7 +330,7 @@ read_file(SbxGuest *g, const char *path, GOutputStream *out, guint64 *size, GErr
 {
     GAsyncResult *r = NULL;
     gboolean ok;
-    sbx_guest_read_file_async(g, path, out, NULL, on_done, &r);
+    sbx_guest_read_file_async(g, path, out, NULL, sbx_test_store_result, &r);
     ok = sbx_guest_read_file_finish(g, wait_result(&r), size, error);
     g_object_unref(r);
     return ok;
@@ -403,7 +398,7 @@ test_files(Agent *a)
     {
         GAsyncResult *r = NULL;
         gboolean trunc = TRUE;
-        sbx_guest_list_files_async(g, "data/deep", NULL, on_done, &r);
+        sbx_guest_list_files_async(g, "data/deep", NULL, sbx_test_store_result, &r);
         g_autoptr(GPtrArray) list = sbx_guest_list_files_finish(g, wait_result(&r), &trunc, &error);
         g_object_unref(r);
         SbxGuestFileInfo *fi = list && list->len == 1 ? list->pdata[0] : NULL;
@@ -502,15 +497,15 @@ test_misc(SbxGuest *g)
     SbxGuestExecResult res;
     gboolean ok;
 
-    sbx_guest_ping_async(g, NULL, on_done, &r);
+    sbx_guest_ping_async(g, NULL, sbx_test_store_result, &r);
     ok = sbx_guest_ping_finish(g, wait_result(&r), &error);
     g_clear_object(&r);
     OK(ok, "ping");
-    sbx_guest_reseed_async(g, NULL, NULL, on_done, &r);
+    sbx_guest_reseed_async(g, NULL, NULL, sbx_test_store_result, &r);
     ok = sbx_guest_reseed_finish(g, wait_result(&r), &error);
     g_clear_object(&r);
     OK(ok, "reseed with 64 host bytes (%s)", ok ? "ok" : error->message);
-    sbx_guest_warm_async(g, SBX_LANGUAGE_JAVASCRIPT, NULL, on_done, &r);
+    sbx_guest_warm_async(g, SBX_LANGUAGE_JAVASCRIPT, NULL, sbx_test_store_result, &r);
     ok = sbx_guest_warm_finish(g, wait_result(&r), &error);
     g_clear_object(&r);
     OK(ok, "warm javascript");
@@ -522,8 +517,8 @@ test_misc(SbxGuest *g)
         GAsyncResult *ra = NULL, *rb = NULL;
         g_autoptr(GError) ea = NULL;
         g_autoptr(GError) eb = NULL;
-        sbx_guest_exec_async(g, SBX_LANGUAGE_PYTHON, slow, 10, NULL, NULL, NULL, NULL, NULL, on_done, &ra);
-        sbx_guest_exec_async(g, SBX_LANGUAGE_PYTHON, fast, 10, NULL, NULL, NULL, NULL, NULL, on_done, &rb);
+        sbx_guest_exec_async(g, SBX_LANGUAGE_PYTHON, slow, 10, NULL, NULL, NULL, NULL, NULL, sbx_test_store_result, &ra);
+        sbx_guest_exec_async(g, SBX_LANGUAGE_PYTHON, fast, 10, NULL, NULL, NULL, NULL, NULL, sbx_test_store_result, &rb);
         gboolean okb = sbx_guest_exec_finish(g, wait_result(&rb), &res, &eb);
         gboolean oka = sbx_guest_exec_finish(g, wait_result(&ra), &res, &ea);
         OK(oka && !okb && g_error_matches(eb, SBX_GUEST_ERROR, SBX_GUEST_ERROR_BUSY),
@@ -585,8 +580,8 @@ test_disconnect(Agent *a)
     gboolean ok;
 
     g_signal_connect(a->guest, "closed", G_CALLBACK(on_closed), NULL);
-    sbx_guest_exec_async(a->guest, SBX_LANGUAGE_PYTHON, code, 60, NULL, NULL, NULL, NULL, NULL, on_done, &r1);
-    sbx_guest_ping_async(a->guest, NULL, on_done, &r2);
+    sbx_guest_exec_async(a->guest, SBX_LANGUAGE_PYTHON, code, 60, NULL, NULL, NULL, NULL, NULL, sbx_test_store_result, &r1);
+    sbx_guest_ping_async(a->guest, NULL, sbx_test_store_result, &r2);
     while (!r2)
         g_main_context_iteration(ctx, TRUE);
     g_subprocess_force_exit(a->proc);
@@ -596,7 +591,7 @@ test_disconnect(Agent *a)
     OK(n_closed == 1 && sbx_guest_is_closed(a->guest), "\"closed\" emitted once");
     g_clear_error(&error);
     GAsyncResult *r3 = NULL;
-    sbx_guest_ping_async(a->guest, NULL, on_done, &r3);
+    sbx_guest_ping_async(a->guest, NULL, sbx_test_store_result, &r3);
     ok = sbx_guest_ping_finish(a->guest, wait_result(&r3), &error);
     OK(!ok && g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED), "requests after close fail with DISCONNECTED");
     g_object_unref(r1);
@@ -637,7 +632,7 @@ main(void)
         /* Closing the channel ends the agent cleanly (under ASan this includes its leak check). */
         GAsyncResult *r = NULL;
         sbx_guest_close(a.guest);
-        g_subprocess_wait_async(a.proc, NULL, on_done, &r);
+        g_subprocess_wait_async(a.proc, NULL, sbx_test_store_result, &r);
         g_subprocess_wait_finish(a.proc, wait_result(&r), NULL);
         g_object_unref(r);
         OK(g_subprocess_get_if_exited(a.proc) && g_subprocess_get_exit_status(a.proc) == 0,

@@ -23,6 +23,7 @@
 
 #include "common/sbx-spawn.h"
 #include "scheduler/sbx-guest.h"
+#include "tests/sbx-test-loop.h"
 
 static int test_no;
 static int failures;
@@ -41,20 +42,6 @@ static int failures;
     } while (0)
 
 static void
-on_done(GObject *src, GAsyncResult *res, gpointer data)
-{
-    *(GAsyncResult **)data = g_object_ref(res);
-}
-
-static GAsyncResult *
-wait_result(GAsyncResult **slot)
-{
-    while (!*slot)
-        g_main_context_iteration(NULL, TRUE);
-    return *slot;
-}
-
-static void
 on_output(SbxGuestStream stream, const guint8 *data, gsize len, gpointer user_data)
 {
     GString **o = user_data;
@@ -71,8 +58,8 @@ exec(SbxGuest *g, SbxLanguage lang, const char *code, guint timeout, SbxGuestExe
     GAsyncResult *r = NULL;
 
     memset(res, 0, sizeof *res);
-    sbx_guest_exec_async(g, lang, b, timeout, NULL, on_output, o, NULL, NULL, on_done, &r);
-    if (!sbx_guest_exec_finish(g, wait_result(&r), res, &error)) {
+    sbx_guest_exec_async(g, lang, b, timeout, NULL, on_output, o, NULL, NULL, sbx_test_store_result, &r);
+    if (!sbx_guest_exec_finish(g, sbx_test_wait_result(&r), res, &error)) {
         printf("# exec failed: %s\n", error->message);
         res->exit_code = -1000;
     }
@@ -132,8 +119,8 @@ stop_vm(SbxChild *child)
 {
     GAsyncResult *r = NULL;
     sbx_child_kill(child, SIGKILL);
-    sbx_child_wait_async(child, NULL, on_done, &r);
-    sbx_child_wait_finish(child, wait_result(&r), NULL);
+    sbx_child_wait_async(child, NULL, sbx_test_store_result, &r);
+    sbx_child_wait_finish(child, sbx_test_wait_result(&r), NULL);
     g_object_unref(r);
 }
 
@@ -158,8 +145,8 @@ wait_hello(SbxGuest *g, GError **error)
 {
     GAsyncResult *r = NULL;
     gboolean ok;
-    sbx_guest_wait_hello_async(g, 180000, NULL, on_done, &r);
-    ok = sbx_guest_wait_hello_finish(g, wait_result(&r), error);
+    sbx_guest_wait_hello_async(g, 180000, NULL, sbx_test_store_result, &r);
+    ok = sbx_guest_wait_hello_finish(g, sbx_test_wait_result(&r), error);
     g_object_unref(r);
     return ok;
 }
@@ -269,8 +256,8 @@ main(void)
         return 1;
     }
     g = sbx_guest_new(sv[0]);
-    sbx_guest_wait_hello_async(g, 180000, NULL, on_done, &r);
-    ok = sbx_guest_wait_hello_finish(g, wait_result(&r), &error);
+    sbx_guest_wait_hello_async(g, 180000, NULL, sbx_test_store_result, &r);
+    ok = sbx_guest_wait_hello_finish(g, sbx_test_wait_result(&r), &error);
     g_clear_object(&r);
     printf("# TCG boot to agent hello: %.0f ms\n", (g_get_monotonic_time() - t0) / 1000.0);
     OK(ok && sbx_guest_has_language(g, SBX_LANGUAGE_PYTHON) && sbx_guest_has_language(g, SBX_LANGUAGE_JAVASCRIPT) &&
@@ -284,8 +271,8 @@ main(void)
         goto out;
     }
 
-    sbx_guest_reseed_async(g, NULL, NULL, on_done, &r);
-    ok = sbx_guest_reseed_finish(g, wait_result(&r), &error);
+    sbx_guest_reseed_async(g, NULL, NULL, sbx_test_store_result, &r);
+    ok = sbx_guest_reseed_finish(g, sbx_test_wait_result(&r), &error);
     g_clear_object(&r);
     OK(ok, "reseed (RNDADDENTROPY + RNDRESEEDCRNG) in the guest");
 
@@ -355,13 +342,13 @@ main(void)
         }
         g_autoptr(GInputStream) in = g_memory_input_stream_new_from_data(data, (gssize)size, NULL);
         gint64 w0 = g_get_monotonic_time();
-        sbx_guest_write_file_async(g, "blob.bin", in, 0600, NULL, on_done, &r);
-        ok = sbx_guest_write_file_finish(g, wait_result(&r), &n, &error);
+        sbx_guest_write_file_async(g, "blob.bin", in, 0600, NULL, sbx_test_store_result, &r);
+        ok = sbx_guest_write_file_finish(g, sbx_test_wait_result(&r), &n, &error);
         g_clear_object(&r);
         gint64 w1 = g_get_monotonic_time();
         g_autoptr(GOutputStream) mem = g_memory_output_stream_new_resizable();
-        sbx_guest_read_file_async(g, "blob.bin", mem, NULL, on_done, &r);
-        gboolean ok2 = sbx_guest_read_file_finish(g, wait_result(&r), &n, &error);
+        sbx_guest_read_file_async(g, "blob.bin", mem, NULL, sbx_test_store_result, &r);
+        gboolean ok2 = sbx_guest_read_file_finish(g, sbx_test_wait_result(&r), &n, &error);
         g_clear_object(&r);
         gint64 w2 = g_get_monotonic_time();
         g_output_stream_close(mem, NULL, NULL);

@@ -21,36 +21,7 @@
 
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-session.h"
-
-static void
-on_done(GObject *src, GAsyncResult *res, gpointer data)
-{
-    *(GAsyncResult **)data = g_object_ref(res);
-}
-
-static GAsyncResult *
-wait_result(GAsyncResult **slot)
-{
-    while (!*slot)
-        g_main_context_iteration(NULL, TRUE);
-    return *slot;
-}
-
-static gboolean
-tick_cb(gpointer data)
-{
-    *(gboolean *)data = TRUE;
-    return G_SOURCE_REMOVE;
-}
-
-static void
-spin(guint ms)
-{
-    gboolean fired = FALSE;
-    g_timeout_add(ms, tick_cb, &fired);
-    while (!fired)
-        g_main_context_iteration(NULL, TRUE);
-}
+#include "tests/sbx-test-loop.h"
 
 static guint64
 status_u64(SbxManager *mgr, const char *key)
@@ -69,7 +40,7 @@ wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
 {
     gint64 end = g_get_monotonic_time() + (gint64)limit_s * G_USEC_PER_SEC;
     while (status_u64(mgr, key) < want && g_get_monotonic_time() < end)
-        spin(200);
+        sbx_test_spin_ms(200);
 }
 
 static SbxRunResult *
@@ -79,8 +50,8 @@ run1(SbxManager *mgr, const char *code)
     g_autoptr(GAsyncResult) res = NULL;
     g_autoptr(GError) error = NULL;
     spec->code = g_bytes_new(code, strlen(code));
-    sbx_manager_run_async(mgr, spec, NULL, NULL, NULL, NULL, NULL, on_done, &res);
-    SbxRunResult *r = sbx_manager_run_finish(mgr, wait_result(&res), &error);
+    sbx_manager_run_async(mgr, spec, NULL, NULL, NULL, NULL, NULL, sbx_test_store_result, &res);
+    SbxRunResult *r = sbx_manager_run_finish(mgr, sbx_test_wait_result(&res), &error);
     if (r == NULL)
         printf("# run failed: %s\n", error->message);
     return r;
@@ -161,20 +132,20 @@ static void
 before_prestarted(SbxManager *mgr)
 {
     wait_status(mgr, "l1_prestarted", 1, 120);
-    spin(500); /* let the pre-started QEMU settle */
+    sbx_test_spin_ms(500); /* let the pre-started QEMU settle */
 }
 
 static void
 before_warm(SbxManager *mgr)
 {
     wait_status(mgr, "warm_pool_python", 1, 300);
-    spin(500);
+    sbx_test_spin_ms(500);
 }
 
 static void
 before_evict(SbxManager *mgr)
 {
-    spin(300);
+    sbx_test_spin_ms(300);
     evict_ram_files();
 }
 
@@ -242,8 +213,8 @@ idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboole
         g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
         g_autoptr(GAsyncResult) res = NULL;
         g_autoptr(GError) error = NULL;
-        sbx_manager_create_session_async(mgr, spec, 600, NULL, on_done, &res);
-        SbxSession *s = sbx_manager_create_session_finish(mgr, wait_result(&res), &error);
+        sbx_manager_create_session_async(mgr, spec, 600, NULL, sbx_test_store_result, &res);
+        SbxSession *s = sbx_manager_create_session_finish(mgr, sbx_test_wait_result(&res), &error);
         if (s == NULL) {
             printf("# %s: session %u failed: %s\n", label, i, error->message);
             break;
@@ -252,8 +223,8 @@ idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboole
         g_autoptr(SbxRunSpec) ex = sbx_run_spec_new(sbx_manager_get_config(mgr));
         ex->code = g_bytes_new_static("print(1)", 8);
         g_autoptr(GAsyncResult) er = NULL;
-        sbx_session_exec_async(s, ex, NULL, NULL, on_done, &er);
-        g_autoptr(SbxRunResult) rr = sbx_session_exec_finish(s, wait_result(&er), NULL);
+        sbx_session_exec_async(s, ex, NULL, NULL, sbx_test_store_result, &er);
+        g_autoptr(SbxRunResult) rr = sbx_session_exec_finish(s, sbx_test_wait_result(&er), NULL);
         g_ptr_array_add(sessions, s);
     }
     printf("#   %s: %u VMs up in %" G_GINT64_FORMAT " ms\n", label, sessions->len,
@@ -266,9 +237,9 @@ idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboole
         write_sys("/sys/kernel/mm/ksm/pages_to_scan", "20000");
         write_sys("/sys/kernel/mm/ksm/sleep_millisecs", "10");
         write_sys("/sys/kernel/mm/ksm/run", "1");
-        spin(40000);
+        sbx_test_spin_ms(40000);
     } else {
-        spin(5000);
+        sbx_test_spin_ms(5000);
     }
     guint vms;
     guint64 rss, pss;
@@ -291,7 +262,7 @@ idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboole
         sbx_session_close(g_ptr_array_index(sessions, i), SBX_SESSION_CLOSED_BY_CALLER);
     g_ptr_array_set_size(sessions, 0);
     while (sbx_manager_get_n_vms(mgr) > 0)
-        spin(100);
+        sbx_test_spin_ms(100);
 }
 
 int
@@ -319,8 +290,8 @@ main(int argc, char **argv)
     g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
     g_autoptr(GAsyncResult) started = NULL;
     g_autoptr(GError) error = NULL;
-    sbx_manager_start_async(mgr, NULL, on_done, &started);
-    if (!sbx_manager_start_finish(mgr, wait_result(&started), &error)) {
+    sbx_manager_start_async(mgr, NULL, sbx_test_store_result, &started);
+    if (!sbx_manager_start_finish(mgr, sbx_test_wait_result(&started), &error)) {
         printf("# start failed: %s\n", error->message);
         return 1;
     }
@@ -355,7 +326,7 @@ main(int argc, char **argv)
         g_autoptr(SbxRunResult) r = run1(mgr, "print(1)"); /* marks python used */
         series(mgr, "warm pool", n, before_warm);
         g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
-        spin(1000);
+        sbx_test_spin_ms(1000);
     }
     if (strchr(phases, 'k')) {
         g_autofree char *needle = g_build_filename(vms, "vm-", NULL);
@@ -366,7 +337,7 @@ main(int argc, char **argv)
         idle_vms(mgr, "idle L1-restored + KSM", idle, needle, TRUE);
     }
     g_autoptr(GAsyncResult) down = NULL;
-    sbx_manager_shutdown_async(mgr, on_done, &down);
-    (void)sbx_manager_shutdown_finish(mgr, wait_result(&down), NULL);
+    sbx_manager_shutdown_async(mgr, sbx_test_store_result, &down);
+    (void)sbx_manager_shutdown_finish(mgr, sbx_test_wait_result(&down), NULL);
     return 0;
 }

@@ -23,6 +23,7 @@
 
 #include "scheduler/sbx-admission.h"
 #include "scheduler/sbx-manager.h"
+#include "tests/sbx-test-loop.h"
 
 static int test_no;
 static int failures;
@@ -39,20 +40,6 @@ static int failures;
         }                                                                               \
         fflush(stdout);                                                                 \
     } while (0)
-
-static void
-on_done(GObject *src, GAsyncResult *res, gpointer data)
-{
-    *(GAsyncResult **)data = g_object_ref(res);
-}
-
-static GAsyncResult *
-wait_result(GAsyncResult **slot)
-{
-    while (!*slot)
-        g_main_context_iteration(NULL, TRUE);
-    return *slot;
-}
 
 typedef struct {
     SbxRunResult *result;
@@ -77,8 +64,8 @@ run_lang(SbxManager *mgr, SbxLanguage language, const char *code, Run *r)
     g_autoptr(GAsyncResult) res = NULL;
     g_autoptr(GError) error = NULL;
     spec->code = g_bytes_new(code, strlen(code));
-    sbx_manager_run_async(mgr, spec, out, NULL, NULL, NULL, NULL, on_done, &res);
-    wait_result(&res);
+    sbx_manager_run_async(mgr, spec, out, NULL, NULL, NULL, NULL, sbx_test_store_result, &res);
+    sbx_test_wait_result(&res);
     r->result = sbx_manager_run_finish(mgr, res, &error);
     g_output_stream_close(out, NULL, NULL);
     GMemoryOutputStream *m = G_MEMORY_OUTPUT_STREAM(out);
@@ -116,13 +103,6 @@ status_u64(SbxManager *mgr, const char *key)
     return G_MAXUINT64;
 }
 
-static gboolean
-tick_cb(gpointer data)
-{
-    *(gboolean *)data = TRUE;
-    return G_SOURCE_REMOVE;
-}
-
 /* Let the main loop run until status[key] >= want or @limit_s pass. */
 static gboolean
 wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
@@ -132,10 +112,7 @@ wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
         guint64 v = status_u64(mgr, key);
         if (v != G_MAXUINT64 && v >= want)
             return TRUE;
-        gboolean fired = FALSE;
-        g_timeout_add(200, tick_cb, &fired);
-        while (!fired)
-            g_main_context_iteration(NULL, TRUE);
+        sbx_test_spin_ms(200);
     }
     return FALSE;
 }
@@ -239,8 +216,8 @@ main(void)
     printf("1..22\n");
     g_autoptr(GAsyncResult) started = NULL;
     g_autoptr(GError) error = NULL;
-    sbx_manager_start_async(mgr, NULL, on_done, &started);
-    gboolean up = sbx_manager_start_finish(mgr, wait_result(&started), &error);
+    sbx_manager_start_async(mgr, NULL, sbx_test_store_result, &started);
+    gboolean up = sbx_manager_start_finish(mgr, sbx_test_wait_result(&started), &error);
     OK(up, "the manager starts (%s)", error ? error->message : "tcg");
     if (!up)
         return 1;
@@ -383,11 +360,11 @@ main(void)
             spec->language = SBX_LANGUAGE_RAW;
             spec->code = g_bytes_new_static("echo r", 6);
             outs[i] = g_memory_output_stream_new_resizable();
-            sbx_manager_run_async(mgr, spec, outs[i], NULL, NULL, NULL, NULL, on_done, &res[i]);
+            sbx_manager_run_async(mgr, spec, outs[i], NULL, NULL, NULL, NULL, sbx_test_store_result, &res[i]);
         }
         guint good = 0;
         for (guint i = 0; i < k; i++) {
-            g_autoptr(SbxRunResult) rr = sbx_manager_run_finish(mgr, wait_result(&res[i]), NULL);
+            g_autoptr(SbxRunResult) rr = sbx_manager_run_finish(mgr, sbx_test_wait_result(&res[i]), NULL);
             g_output_stream_close(outs[i], NULL, NULL);
             GMemoryOutputStream *m = G_MEMORY_OUTPUT_STREAM(outs[i]);
             g_autofree char *o = g_strndup(g_memory_output_stream_get_data(m),
@@ -409,17 +386,13 @@ main(void)
     run_clear(&a);
     gboolean building = wait_status(mgr, "l1_builds_running", 1, 120);
     OK(building, "a raw run schedules a raw template build");
-    if (building) {
-        gboolean fired = FALSE;
-        g_timeout_add(1500, tick_cb, &fired);
-        while (!fired)
-            g_main_context_iteration(NULL, TRUE);
-    }
+    if (building)
+        sbx_test_spin_ms(1500);
 
     /* shutdown leaves nothing behind (and cancelled the build: no half entry) */
     g_autoptr(GAsyncResult) down = NULL;
-    sbx_manager_shutdown_async(mgr, on_done, &down);
-    gboolean stopped = sbx_manager_shutdown_finish(mgr, wait_result(&down), NULL);
+    sbx_manager_shutdown_async(mgr, sbx_test_store_result, &down);
+    gboolean stopped = sbx_manager_shutdown_finish(mgr, sbx_test_wait_result(&down), NULL);
     OK(stopped && count_qemus(rt) == 0 && count_entries(vms_dir, NULL) == 0,
        "after shutdown: no QEMU, no VM run dir (%u left)", count_entries(vms_dir, NULL));
     guint raw_files = 0;

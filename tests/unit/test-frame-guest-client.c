@@ -22,6 +22,7 @@
 
 #include "common/sbx-frame.h"
 #include "scheduler/sbx-guest.h"
+#include "tests/sbx-test-loop.h"
 
 typedef struct {
     int fd;
@@ -123,20 +124,6 @@ hello_header(gint64 protocol)
     return h;
 }
 
-static void
-on_done(GObject *src, GAsyncResult *res, gpointer data)
-{
-    *(GAsyncResult **)data = g_object_ref(res);
-}
-
-static GAsyncResult *
-wait_result(GAsyncResult **slot)
-{
-    while (!*slot)
-        g_main_context_iteration(NULL, TRUE);
-    return *slot;
-}
-
 static int
 setup(void **state)
 {
@@ -174,8 +161,8 @@ hello(Fixture *fx, GError **error)
 {
     GAsyncResult *r = NULL;
     gboolean ok;
-    sbx_guest_wait_hello_async(fx->guest, 5000, NULL, on_done, &r);
-    ok = sbx_guest_wait_hello_finish(fx->guest, wait_result(&r), error);
+    sbx_guest_wait_hello_async(fx->guest, 5000, NULL, sbx_test_store_result, &r);
+    ok = sbx_guest_wait_hello_finish(fx->guest, sbx_test_wait_result(&r), error);
     g_object_unref(r);
     return ok;
 }
@@ -199,8 +186,8 @@ test_hello_timeout(void **state)
     Fixture *fx = *state;
     GAsyncResult *r = NULL;
     g_autoptr(GError) error = NULL;
-    sbx_guest_wait_hello_async(fx->guest, 50, NULL, on_done, &r);
-    assert_false(sbx_guest_wait_hello_finish(fx->guest, wait_result(&r), &error));
+    sbx_guest_wait_hello_async(fx->guest, 50, NULL, sbx_test_store_result, &r);
+    assert_false(sbx_guest_wait_hello_finish(fx->guest, sbx_test_wait_result(&r), &error));
     assert_true(g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_TIMEOUT));
     g_object_unref(r);
     /* A late hello still works for a new waiter. */
@@ -219,9 +206,9 @@ test_hello_cancel(void **state)
     GAsyncResult *r = NULL;
     g_autoptr(GError) error = NULL;
     g_autoptr(GCancellable) c = g_cancellable_new();
-    sbx_guest_wait_hello_async(fx->guest, 60000, c, on_done, &r);
+    sbx_guest_wait_hello_async(fx->guest, 60000, c, sbx_test_store_result, &r);
     g_cancellable_cancel(c);
-    assert_false(sbx_guest_wait_hello_finish(fx->guest, wait_result(&r), &error));
+    assert_false(sbx_guest_wait_hello_finish(fx->guest, sbx_test_wait_result(&r), &error));
     assert_true(g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED));
     g_object_unref(r);
 }
@@ -260,19 +247,19 @@ test_bad_frame_fails_pending_once(void **state)
     g_signal_connect(fx->guest, "closed", G_CALLBACK(on_closed), NULL);
     peer_send(&fx->peer, hello_header(SBX_PROTOCOL_VERSION), NULL, 0);
     assert_true(hello(fx, NULL));
-    sbx_guest_ping_async(fx->guest, NULL, on_done, &r1);
-    sbx_guest_ping_async(fx->guest, NULL, on_done, &r2);
+    sbx_guest_ping_async(fx->guest, NULL, sbx_test_store_result, &r1);
+    sbx_guest_ping_async(fx->guest, NULL, sbx_test_store_result, &r2);
     sbx_frame_free(peer_recv(&fx->peer));
     sbx_frame_free(peer_recv(&fx->peer));
     g_byte_array_append(bad, huge, sizeof huge);
     peer_send_raw(&fx->peer, bad);
-    assert_false(sbx_guest_ping_finish(fx->guest, wait_result(&r1), &e1));
-    assert_false(sbx_guest_ping_finish(fx->guest, wait_result(&r2), &e2));
+    assert_false(sbx_guest_ping_finish(fx->guest, sbx_test_wait_result(&r1), &e1));
+    assert_false(sbx_guest_ping_finish(fx->guest, sbx_test_wait_result(&r2), &e2));
     assert_true(g_error_matches(e1, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED));
     assert_true(g_error_matches(e2, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED));
     assert_int_equal(n_closed, 1);
-    sbx_guest_ping_async(fx->guest, NULL, on_done, &r3);
-    assert_false(sbx_guest_ping_finish(fx->guest, wait_result(&r3), &e3));
+    sbx_guest_ping_async(fx->guest, NULL, sbx_test_store_result, &r3);
+    assert_false(sbx_guest_ping_finish(fx->guest, sbx_test_wait_result(&r3), &e3));
     assert_true(g_error_matches(e3, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED));
     sbx_guest_close(fx->guest);
     assert_int_equal(n_closed, 1);
@@ -312,7 +299,7 @@ test_output_caps_enforced(void **state)
     peer_send(&fx->peer, hello_header(SBX_PROTOCOL_VERSION), NULL, 0);
     assert_true(hello(fx, NULL));
     sbx_guest_exec_async(fx->guest, SBX_LANGUAGE_PYTHON, code, 5, NULL, count_output, &c, NULL, NULL,
-                         on_done, &r);
+                         sbx_test_store_result, &r);
     req = peer_recv(&fx->peer);
     assert_string_equal(req->type, "exec");
     assert_string_equal(sbx_frame_get_string(req, "language", ""), "python");
@@ -336,7 +323,7 @@ test_output_caps_enforced(void **state)
     assert_true(sbx_frame_encode(w, h, NULL, 0, NULL));
     json_object_unref(h);
     peer_send_raw(&fx->peer, w);
-    assert_true(sbx_guest_exec_finish(fx->guest, wait_result(&r), &res, NULL));
+    assert_true(sbx_guest_exec_finish(fx->guest, sbx_test_wait_result(&r), &res, NULL));
     assert_int_equal(c.out, SBX_MAX_STDOUT_BYTES);
     assert_int_equal(c.err, SBX_MAX_STDERR_BYTES);
     assert_true(res.stdout_truncated);
@@ -356,11 +343,11 @@ test_wrong_frame_type_closes(void **state)
 
     peer_send(&fx->peer, hello_header(SBX_PROTOCOL_VERSION), NULL, 0);
     assert_true(hello(fx, NULL));
-    sbx_guest_ping_async(fx->guest, NULL, on_done, &r);
+    sbx_guest_ping_async(fx->guest, NULL, sbx_test_store_result, &r);
     req = peer_recv(&fx->peer);
     assert_string_equal(req->type, "ping");
     peer_send(&fx->peer, sbx_frame_header_new("file_chunk", req->id), "x", 1);
-    assert_false(sbx_guest_ping_finish(fx->guest, wait_result(&r), &error));
+    assert_false(sbx_guest_ping_finish(fx->guest, sbx_test_wait_result(&r), &error));
     assert_true(g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED));
     assert_true(sbx_guest_is_closed(fx->guest));
     sbx_frame_free(req);
@@ -379,7 +366,7 @@ test_agent_error_maps(void **state)
 
     peer_send(&fx->peer, hello_header(SBX_PROTOCOL_VERSION), NULL, 0);
     assert_true(hello(fx, NULL));
-    sbx_guest_read_file_async(fx->guest, "a/b.txt", out, NULL, on_done, &r);
+    sbx_guest_read_file_async(fx->guest, "a/b.txt", out, NULL, sbx_test_store_result, &r);
     req = peer_recv(&fx->peer);
     assert_string_equal(req->type, "read_file");
     assert_string_equal(sbx_frame_get_string(req, "path", ""), "a/b.txt");
@@ -388,7 +375,7 @@ test_agent_error_maps(void **state)
     json_object_set_string_member(h, "code", "not_found");
     json_object_set_string_member(h, "message", "no such file");
     peer_send(&fx->peer, h, NULL, 0);
-    assert_false(sbx_guest_read_file_finish(fx->guest, wait_result(&r), NULL, &error));
+    assert_false(sbx_guest_read_file_finish(fx->guest, sbx_test_wait_result(&r), NULL, &error));
     assert_true(g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_NOT_FOUND));
     assert_string_equal(error->message, "no such file");
     assert_false(sbx_guest_is_closed(fx->guest));
@@ -404,8 +391,8 @@ test_input_validated_before_sending(void **state)
     g_autoptr(GError) error = NULL;
     g_autoptr(GInputStream) in = g_memory_input_stream_new();
 
-    sbx_guest_write_file_async(fx->guest, "../../etc/shadow", in, 0644, NULL, on_done, &r);
-    assert_false(sbx_guest_write_file_finish(fx->guest, wait_result(&r), NULL, &error));
+    sbx_guest_write_file_async(fx->guest, "../../etc/shadow", in, 0644, NULL, sbx_test_store_result, &r);
+    assert_false(sbx_guest_write_file_finish(fx->guest, sbx_test_wait_result(&r), NULL, &error));
     assert_true(g_error_matches(error, SBX_VALIDATE_ERROR, SBX_VALIDATE_ERROR_PATH));
     g_object_unref(r);
     /* Nothing but the greeting went out. */
@@ -429,13 +416,13 @@ test_stalled_upload_fails_on_close(void **state)
     peer_send(&fx->peer, hello_header(SBX_PROTOCOL_VERSION), NULL, 0);
     assert_true(hello(fx, NULL));
     /* The source never delivers a byte; the agent goes away meanwhile. */
-    sbx_guest_write_file_async(fx->guest, "stalled.bin", in, 0644, NULL, on_done, &r);
+    sbx_guest_write_file_async(fx->guest, "stalled.bin", in, 0644, NULL, sbx_test_store_result, &r);
     req = peer_recv(&fx->peer);
     assert_string_equal(req->type, "write_file");
     sbx_frame_free(req);
     g_clear_handle_id(&fx->peer.watch, g_source_remove);
     shutdown(fx->peer.fd, SHUT_RDWR);
-    assert_false(sbx_guest_write_file_finish(fx->guest, wait_result(&r), NULL, &error));
+    assert_false(sbx_guest_write_file_finish(fx->guest, sbx_test_wait_result(&r), NULL, &error));
     assert_true(g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED));
     close(p[1]);
     g_object_unref(r);
