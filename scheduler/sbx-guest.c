@@ -33,6 +33,7 @@ G_DEFINE_QUARK(sbx-guest-error-quark, sbx_guest_error)
 typedef enum {
     REQ_PING,
     REQ_RESEED,
+    REQ_RECLAIM,
     REQ_WARM,
     REQ_EXEC,
     REQ_WRITE,
@@ -521,6 +522,7 @@ dispatch(SbxGuest *self, SbxFrame *f)
         }
         break;
     case REQ_RESEED:
+    case REQ_RECLAIM:
     case REQ_WARM:
         if (g_str_equal(f->type, "ok")) {
             req_done_int(self, r, 0);
@@ -932,6 +934,21 @@ sbx_guest_reseed_async(SbxGuest *self, GBytes *entropy, GCancellable *cancellabl
 
 gboolean
 sbx_guest_reseed_finish(SbxGuest *self, GAsyncResult *result, GError **error)
+{
+    return finish_int(self, result, NULL, error);
+}
+
+void
+sbx_guest_reclaim_async(SbxGuest *self, GCancellable *cancellable, GAsyncReadyCallback callback,
+                        gpointer user_data)
+{
+    Req *r = req_new(self, REQ_RECLAIM, cancellable, callback, user_data, sbx_guest_reclaim_async);
+    if (r)
+        send_frame(self, sbx_frame_header_new("reclaim", r->id), NULL, 0);
+}
+
+gboolean
+sbx_guest_reclaim_finish(SbxGuest *self, GAsyncResult *result, GError **error)
 {
     return finish_int(self, result, NULL, error);
 }

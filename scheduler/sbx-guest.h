@@ -102,6 +102,13 @@ void sbx_guest_reseed_async(SbxGuest *self, GBytes *entropy, GCancellable *cance
                             GAsyncReadyCallback callback, gpointer user_data);
 gboolean sbx_guest_reseed_finish(SbxGuest *self, GAsyncResult *result, GError **error);
 
+/* Idle VM: the guest drops its clean page cache and compacts its free memory, so
+ * that free page reporting (virtio-balloon, sbx_qemu_has_balloon) hands whole
+ * 2 MiB blocks back to the host. Only useful with the balloon device. */
+void sbx_guest_reclaim_async(SbxGuest *self, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data);
+gboolean sbx_guest_reclaim_finish(SbxGuest *self, GAsyncResult *result, GError **error);
+
 /* Start the language's REPL now so the first exec does not pay for it. */
 void sbx_guest_warm_async(SbxGuest *self, SbxLanguage language, GCancellable *cancellable,
                           GAsyncReadyCallback callback, gpointer user_data);

@@ -146,6 +146,9 @@ sbx_pool_fill_vm_params(SbxPool *self, guint memory_mb, SbxVmParams *p)
     p->qemu_cfg.rootfs = self->d.rootfs;
     p->qemu_cfg.sandbox = FALSE;
     p->qemu_cfg.mem_merge = cfg->ksm;
+    /* idle memory back to the host; the builder leaves it out wherever guest RAM
+     * is a template's file (sbx_qemu_has_balloon) */
+    p->qemu_cfg.balloon = !env_off("SCHEDULERD_BALLOON");
     p->work_format = qsd_overlay_pool_get_format(self->d.disks);
     p->boot_timeout_ms = cfg->boot_timeout_s * 1000;
 }
@@ -648,6 +651,9 @@ fill_ready(Fill *f)
     g_queue_push_tail(&self->warm[f->language], pv);
     g_info("warm pool (%s): VM %s ready (%s)", sbx_language_to_string(f->language),
            sbx_vm_get_id(pv->vm), f->tpl ? "L1 restore" : "cold boot");
+    /* idle from now on: a cold-booted one gives its spare memory back (no-op for
+     * restored VMs, whose RAM is the template's file) */
+    sbx_vm_give_back_memory(pv->vm);
     fill_end(f);
 }
 

@@ -49,6 +49,12 @@ qemu_escape(const char *s)
     return g_string_free(out, FALSE);
 }
 
+gboolean
+sbx_qemu_has_balloon(const SbxQemuConfig *cfg)
+{
+    return cfg->balloon && cfg->mem_path == NULL && !cfg->incoming_defer;
+}
+
 GStrv
 sbx_qemu_build_argv(const char *qemu_binary, const SbxQemuConfig *cfg)
 {
@@ -151,6 +157,13 @@ sbx_qemu_build_argv(const char *qemu_binary, const SbxQemuConfig *cfg)
     addf(argv, "socket,id=agent,fd=%d", SBX_QEMU_FD_AGENT);
     add(argv, "-device");
     add(argv, "virtserialport,chardev=agent,name=" SBX_AGENT_PORT_NAME);
+
+    /* Idle memory back to the host: the guest reports free pages (order >= 9)
+     * and QEMU drops them (madvise DONTNEED on anonymous RAM). */
+    if (sbx_qemu_has_balloon(cfg)) {
+        add(argv, "-device");
+        add(argv, "virtio-balloon-device,free-page-reporting=on");
+    }
 
     if (cfg->with_netdev) {
         add(argv, "-netdev");

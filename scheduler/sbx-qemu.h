@@ -43,7 +43,18 @@ typedef struct {
     gboolean mem_share;         /* share=on (template build) / off (MAP_PRIVATE restore) */
     gboolean incoming_defer;    /* -incoming defer (restore target) */
     gboolean with_netdev;       /* -netdev stream on SBX_QEMU_FD_NET + virtio-net */
+    gboolean balloon;           /* virtio-balloon with free page reporting, only where the
+                                 * guest RAM is anonymous (see sbx_qemu_has_balloon) */
 } SbxQemuConfig;
+
+/* Whether @cfg gets the virtio-balloon device: asked for, and the guest RAM is
+ * anonymous (no mem_path, not a restore target). QEMU 7.2 discards a reported or
+ * ballooned page with fallocate(PUNCH_HOLE) on the RAM block's fd even for a
+ * MAP_PRIVATE (share=off) mapping (ram_block_discard_range, softmmu/physmem.c): in
+ * an L1 clone that would punch holes into the template's RAM file under every other
+ * clone. Template VMs never get it either, so restored VMs (which inherit the
+ * template's device model) do not have it. */
+gboolean sbx_qemu_has_balloon(const SbxQemuConfig *cfg);
 
 /* argv (NULL-terminated, owned) for @qemu_binary with @cfg. */
 GStrv sbx_qemu_build_argv(const char *qemu_binary, const SbxQemuConfig *cfg);

@@ -27,6 +27,7 @@ struct _SbxSession {
     SbxLanguage language;
     guint idle_timeout_s;
     guint idle_id;
+    guint reclaim_id;          /* SBX_SESSION_RECLAIM_IDLE_S after the last call */
     guint busy;                /* calls in flight */
     char *close_reason;        /* non-NULL once closing */
     gboolean closed;           /* VM released, "closed" emitted */
@@ -69,6 +70,20 @@ closed_error(SbxSession *self)
 
 /* ---- idle timer --------------------------------------------------------- */
 
+/* After this long without a call the VM gives its spare memory back
+ * (sbx_vm_give_back_memory: only VMs with the balloon, i.e. cold-booted). Not at
+ * once after each exec: a quick next exec would re-read the dropped page cache. */
+#define SBX_SESSION_RECLAIM_IDLE_S 5
+
+static gboolean
+reclaim_cb(gpointer user_data)
+{
+    SbxSession *self = user_data;
+    self->reclaim_id = 0;
+    sbx_vm_give_back_memory(self->vm);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean
 idle_cb(gpointer user_data)
 {
@@ -86,6 +101,7 @@ idle_stop(SbxSession *self)
         g_source_remove(self->idle_id);
         self->idle_id = 0;
     }
+    g_clear_handle_id(&self->reclaim_id, g_source_remove);
 }
 
 static void
@@ -94,6 +110,8 @@ idle_restart(SbxSession *self)
     idle_stop(self);
     if (self->close_reason == NULL && self->busy == 0 && self->idle_timeout_s > 0)
         self->idle_id = g_timeout_add_seconds(self->idle_timeout_s, idle_cb, self);
+    if (self->close_reason == NULL && self->busy == 0 && sbx_vm_has_balloon(self->vm))
+        self->reclaim_id = g_timeout_add_seconds(SBX_SESSION_RECLAIM_IDLE_S, reclaim_cb, self);
 }
 
 /* A call starts: refused once closing; no idle timeout while calls run. */

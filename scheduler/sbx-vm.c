@@ -45,6 +45,7 @@ struct _SbxVm {
     SbxCgroup *cgroup;
     gint64 spawn_us;
     gint64 boot_ms;
+    gboolean balloon;      /* virtio-balloon with free page reporting (anonymous RAM only) */
     /* L1 (sbx_vm_prestart/restore/save_state) */
     gboolean prestarted;   /* QEMU waits in -incoming defer with capabilities set */
     gint64 restore_us;     /* restore started */
@@ -323,6 +324,7 @@ boot_spawn(SbxVm *self, const SbxVmParams *params, GError **error)
         g_snprintf(mem_path, sizeof mem_path, "/proc/self/fd/%d", SBX_QEMU_FD_MEM);
         qcfg.mem_path = mem_path;
     }
+    self->balloon = sbx_qemu_has_balloon(&qcfg);
     g_auto(GStrv) argv = sbx_qemu_build_argv(params->qemu, &qcfg);
     g_autoptr(SbxSpawnSpec) spec = sbx_spawn_spec_new();
     for (guint i = 0; argv[i]; i++)
@@ -396,6 +398,30 @@ sbx_vm_boot_finish(SbxVm *self, GAsyncResult *result, GError **error)
 {
     g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
     return g_task_propagate_boolean(G_TASK(result), error);
+}
+
+gboolean
+sbx_vm_has_balloon(SbxVm *self)
+{
+    return self->balloon;
+}
+
+static void
+give_back_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    g_autofree char *id = user_data;
+    g_autoptr(GError) error = NULL;
+    if (!sbx_guest_reclaim_finish(SBX_GUEST(source), res, &error) &&
+        !g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        g_debug("VM %s: reclaim: %s", id, error->message);
+}
+
+void
+sbx_vm_give_back_memory(SbxVm *self)
+{
+    if (!self->balloon || self->state != SBX_VM_STATE_READY || self->guest == NULL)
+        return;
+    sbx_guest_reclaim_async(self->guest, self->cancellable, give_back_cb, g_strdup(self->id));
 }
 
 /* ---- L1 templates: prestart, restore, save -------------------------------- */

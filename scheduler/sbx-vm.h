@@ -67,6 +67,15 @@ char *sbx_vm_dup_console_tail(SbxVm *self, guint n);
 /* How QEMU ended ("killed by signal 9 (Killed)"), or NULL while it runs. */
 char *sbx_vm_dup_exit_description(SbxVm *self);
 
+/* TRUE when QEMU has the virtio-balloon device (free page reporting): cold-booted
+ * VMs with anonymous RAM, never L1 templates or their clones (sbx_qemu_has_balloon). */
+gboolean sbx_vm_has_balloon(SbxVm *self);
+/* An idle VM gives memory back: with the balloon, ask the guest to drop its
+ * clean page cache and compact (sbx_guest_reclaim_async); free page reporting
+ * then returns the freed blocks to the host. No-op without the balloon or when
+ * not READY. Fire and forget (failures are logged at debug level). */
+void sbx_vm_give_back_memory(SbxVm *self);
+
 /* Start QEMU and wait for the agent's hello. The VM keeps @params' strings it
  * needs. On failure the VM is left for sbx_vm_destroy_async to clean. */
 void sbx_vm_boot_async(SbxVm *self, const SbxVmParams *params, GCancellable *cancellable,

@@ -134,6 +134,7 @@ send_hello(GaAgent *a)
     g_autoptr(JsonObject) limits = json_object_new();
     static const char *const capabilities[] = {
         "exec", "warm", "cancel", "write_file", "read_file", "list_files", "reseed", "ping",
+        "reclaim",
     };
 
     json_object_set_int_member(h, "protocol", SBX_PROTOCOL_VERSION);
@@ -208,6 +209,32 @@ handle_reseed(GaAgent *a, SbxFrame *frame)
     ga_send(a, h, NULL, 0);
 }
 
+static gboolean
+write_proc(const char *path, const char *value)
+{
+    g_auto(SbxFd) fd = open(path, O_WRONLY | O_CLOEXEC);
+    return fd >= 0 && write(fd, value, strlen(value)) == (ssize_t)strlen(value);
+}
+
+/* The VM is idle: drop the clean page cache and slab (what the kernel would drop
+ * under pressure anyway; mapped pages, e.g. a warm REPL's, stay) and compact, so
+ * that free page reporting (virtio-balloon) can hand whole blocks to the host. */
+static void
+handle_reclaim(GaAgent *a, SbxFrame *frame)
+{
+    gint64 t0 = g_get_monotonic_time();
+    JsonObject *h;
+
+    sync();
+    gboolean dropped = write_proc("/proc/sys/vm/drop_caches", "3");
+    gboolean compacted = write_proc("/proc/sys/vm/compact_memory", "1");
+    h = sbx_frame_header_new("ok", frame->id);
+    json_object_set_boolean_member(h, "dropped", dropped);
+    json_object_set_boolean_member(h, "compacted", compacted);
+    json_object_set_int_member(h, "duration_us", g_get_monotonic_time() - t0);
+    ga_send(a, h, NULL, 0);
+}
+
 static void
 dispatch(GaAgent *a, SbxFrame *frame)
 {
@@ -235,6 +262,8 @@ dispatch(GaAgent *a, SbxFrame *frame)
         ga_send_ok(a, frame->id);
     } else if (g_str_equal(t, "reseed")) {
         handle_reseed(a, frame);
+    } else if (g_str_equal(t, "reclaim")) {
+        handle_reclaim(a, frame);
     } else if (g_str_equal(t, "write_file") || g_str_equal(t, "file_chunk") ||
                g_str_equal(t, "file_end") || g_str_equal(t, "read_file") ||
                g_str_equal(t, "file_ack") || g_str_equal(t, "list_files")) {

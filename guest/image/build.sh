@@ -150,8 +150,9 @@ fetch() { # pkg=ver ...
 
 # --- stage 1: kernel + modules -------------------------------------------------------------
 # Modules the initramfs loads (with their dependencies, in modprobe order): virtio-mmio
-# transport, block, console/serial ports, rng, erofs for the root, virtio-net for networking.
-modules=(virtio_mmio virtio_blk virtio_console virtio_rng erofs virtio_net)
+# transport, block, console/serial ports, rng, erofs for the root, virtio-net for networking,
+# virtio-balloon (free page reporting; sbx-init loads it only when the device exists).
+modules=(virtio_mmio virtio_blk virtio_console virtio_rng erofs virtio_net virtio_balloon)
 # crc32c-intel comes in as libcrc32c's softdep; under TCG (no SSE4.2) it fails with ENODEV
 # after ~40 ms, and the generic crc32c is built in.
 modules_skip=" crc32c-intel.ko crc32c_intel.ko "

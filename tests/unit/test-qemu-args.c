@@ -119,6 +119,48 @@ test_work_disk_ram_file_and_netdev(void **state)
     assert_true(opt_index(argv, "-sandbox") > 0);
 }
 
+static gboolean
+has_balloon(GStrv argv)
+{
+    return has_pair(argv, "-device", "virtio-balloon-device,free-page-reporting=on");
+}
+
+/* The balloon (free page reporting) only where guest RAM is anonymous: QEMU 7.2
+ * would punch holes into a template's RAM file through a MAP_PRIVATE clone. */
+static void
+test_balloon_only_with_anonymous_ram(void **state)
+{
+    SbxQemuConfig cfg = base_config();
+    {
+        g_auto(GStrv) argv = sbx_qemu_build_argv("qemu", &cfg);
+        assert_false(has_balloon(argv)); /* not asked for */
+    }
+    cfg.balloon = TRUE;
+    {
+        g_auto(GStrv) argv = sbx_qemu_build_argv("qemu", &cfg);
+        assert_true(sbx_qemu_has_balloon(&cfg));
+        assert_true(has_balloon(argv));
+    }
+    cfg.mem_path = "/run/l1/tpl.ram.tmp"; /* template build: share=on */
+    cfg.mem_share = TRUE;
+    {
+        g_auto(GStrv) argv = sbx_qemu_build_argv("qemu", &cfg);
+        assert_false(sbx_qemu_has_balloon(&cfg));
+        assert_false(has_balloon(argv));
+    }
+    cfg.mem_share = FALSE; /* restore: MAP_PRIVATE over the template */
+    {
+        g_auto(GStrv) argv = sbx_qemu_build_argv("qemu", &cfg);
+        assert_false(has_balloon(argv));
+    }
+    cfg.mem_path = NULL;
+    cfg.incoming_defer = TRUE;
+    {
+        g_auto(GStrv) argv = sbx_qemu_build_argv("qemu", &cfg);
+        assert_false(has_balloon(argv));
+    }
+}
+
 static void
 test_tsc_khz(void **state)
 {
@@ -142,6 +184,7 @@ main(void)
         cmocka_unit_test(test_tcg_defaults),
         cmocka_unit_test(test_kvm_hides_nested_virt),
         cmocka_unit_test(test_work_disk_ram_file_and_netdev),
+        cmocka_unit_test(test_balloon_only_with_anonymous_ram),
         cmocka_unit_test(test_tsc_khz),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
