@@ -4,7 +4,8 @@
  * the real scheduler core in-process (SbxManager), real QEMU under TCG and the
  * real guest image ($SBX_GUEST_DIR): a cold run schedules a template build;
  * runs restored from it print the right output, get distinct CRNG state after
- * the reseed and do not see each other's files or REPL variables; a state file
+ * the reseed and do not see each other's files or REPL variables; the template's
+ * RAM file is byte-identical after clones ran and idled (no balloon there); a state file
  * corrupted behind the cache's back (same size and mtime) makes the restore
  * fail and the run falls back to a cold boot (l1_hit false, failure counted in
  * Status); SCHEDULERD_L1=0 switches L1 off at run time; the warm pool serves a
@@ -23,6 +24,7 @@
 
 #include "scheduler/sbx-admission.h"
 #include "scheduler/sbx-manager.h"
+#include "scheduler/sbx-session.h"
 #include "tests/sbx-test-loop.h"
 
 static int test_no;
@@ -164,6 +166,22 @@ count_qemus(const char *needle)
     return c;
 }
 
+/* sha256 of a whole file (the template's RAM file is sparse: holes read as 0). */
+static char *
+file_sha256(const char *path)
+{
+    g_autoptr(GChecksum) c = g_checksum_new(G_CHECKSUM_SHA256);
+    int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    if (fd < 0)
+        return NULL;
+    g_autofree guint8 *buf = g_malloc(1 << 20);
+    ssize_t n;
+    while ((n = read(fd, buf, 1 << 20)) > 0)
+        g_checksum_update(c, buf, n);
+    close(fd);
+    return n == 0 ? g_strdup(g_checksum_get_string(c)) : NULL;
+}
+
 /* Overwrite the start of @path (the stream header and the first sections; the
  * middle may be ROM page data that QEMU loads without checking) with garbage,
  * keeping its size and mtime. */
@@ -213,7 +231,7 @@ main(void)
     cfg->accel = SBX_ACCEL_MODE_TCG;
     g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
 
-    printf("1..22\n");
+    printf("1..23\n");
     g_autoptr(GAsyncResult) started = NULL;
     g_autoptr(GError) error = NULL;
     sbx_manager_start_async(mgr, NULL, sbx_test_store_result, &started);
@@ -234,6 +252,8 @@ main(void)
     g_autofree char *meta = find_file(l1_dir, ".json");
     OK(state && meta && count_entries(l1_dir, ".tmp") == 0,
        "the committed entry has its state and metadata, no temp files");
+    g_autofree char *ram = find_file(l1_dir, ".ram");
+    g_autofree char *ram_sha0 = file_sha256(ram);
 
     /* 5-7: restored runs: output, distinct random state */
     const char *rnd = "import os; print(os.urandom(16).hex())";
@@ -272,6 +292,37 @@ main(void)
        "a restored VM's clock is set from the host on restore (guest %.3f, host %.3f..%.3f)",
        guest_s, before_us / 1e6, after_us / 1e6);
     run_clear(&a);
+
+    /* The clones map the RAM file MAP_PRIVATE and have no balloon (QEMU 7.2 would
+     * punch reported pages out of the file itself): after they ran, wrote and
+     * freed memory and idled past the reclaim delay, the file is unchanged. */
+    {
+        g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
+        g_autoptr(GAsyncResult) res = NULL;
+        sbx_manager_create_session_async(mgr, spec, 600, NULL, sbx_test_store_result, &res);
+        g_autoptr(SbxSession) sess =
+            sbx_manager_create_session_finish(mgr, sbx_test_wait_result(&res), NULL);
+        gint64 sess_restore_ms = sess ? sbx_session_get_start_timings(sess)->restore_ms : 0;
+        g_autoptr(SbxRunResult) sr = NULL;
+        if (sess) {
+            g_autoptr(SbxRunSpec) ex = sbx_run_spec_new(sbx_manager_get_config(mgr));
+            static const char code[] = "keep = b'y' * (64 << 20)\ndel keep\nprint(2)";
+            ex->code = g_bytes_new_static(code, strlen(code));
+            g_autoptr(GAsyncResult) er = NULL;
+            sbx_session_exec_async(sess, ex, NULL, NULL, sbx_test_store_result, &er);
+            sr = sbx_session_exec_finish(sess, sbx_test_wait_result(&er), NULL);
+            sbx_test_spin_ms(8000); /* idle past SBX_SESSION_RECLAIM_IDLE_S */
+            sbx_session_close(sess, SBX_SESSION_CLOSED_BY_CALLER);
+            while (sbx_manager_get_n_sessions(mgr) > 0 || sbx_manager_get_n_vms(mgr) > 0)
+                sbx_test_spin_ms(100);
+        }
+        g_autofree char *ram_sha1 = file_sha256(ram);
+        OK(sess && sess_restore_ms > 0 && sr && sr->exit_code == 0 && ram_sha0 &&
+               g_strcmp0(ram_sha0, ram_sha1) == 0,
+           "the template's RAM file is byte-identical after its clones ran and idled "
+           "(sha256 %.12s, then %.12s)",
+           ram_sha0 ? ram_sha0 : "-", ram_sha1 ? ram_sha1 : "-");
+    }
 
     /* 9-10: javascript: its template keeps the warm page cache, not the node process,
      * whose PRNGs would otherwise be cloned into every restored VM */
