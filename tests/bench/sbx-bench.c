@@ -734,6 +734,8 @@ floor_once(Bench *b, Floor *fl, double *out_hello, double *out_first, GError **e
         .work_format = "qcow2",
         .sandbox = FALSE,
         .mem_merge = cfg->ksm,
+        /* like the scheduler's cold boots (sbx_pool_fill_vm_params) */
+        .balloon = g_strcmp0(g_getenv("SCHEDULERD_BALLOON"), "0") != 0,
     };
     g_auto(GStrv) argv = sbx_qemu_build_argv(cfg->qemu, &qc);
     int qmp[2], agent[2];
