@@ -6,10 +6,13 @@
  * L1 restore into a pre-started -incoming defer QEMU, a warm-pool hit; the
  * restore with the template's RAM file evicted from the page cache, with and
  * without the hot-page prefetch; and host memory (RSS, PSS from smaps_rollup)
- * of N idle sessions' VMs: cold-booted, L1-restored, and L1-restored with host
- * KSM on (the previous KSM settings are put back). Not a test: nothing is
- * asserted; it prints "# key value" lines. Usage:
- *   SBX_GUEST_DIR=... test-l1-bench [runs] [idle-vms] [phases: cltwpk]
+ * of N idle sessions' VMs: cold-booted without the balloon, cold-booted with
+ * idle give-back (free page reporting + agent reclaim), L1-restored, and
+ * L1-restored with host KSM on (the previous KSM settings are put back); and the
+ * cold boot with and without the balloon device, alternated (phase b). Not a
+ * test: nothing is asserted; it prints "# key value" lines. Usage:
+ *   SBX_GUEST_DIR=... test-l1-bench [runs] [idle-vms] [phases: cltwpkb]
+ * (make bench-memory runs phases "bk").
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -151,12 +154,37 @@ before_evict(SbxManager *mgr)
 
 /* ---- memory of idle VMs ---------------------------------------------------- */
 
+/* Pss (KiB) of the guest RAM mapping in /proc/<pid>/smaps: the largest mapping
+ * (512 MiB of guest RAM; QEMU's other mappings are smaller). */
+static guint64
+guest_ram_pss_kb(const char *pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%s/smaps", pid);
+    g_autofree char *text = NULL;
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+        return 0;
+    guint64 best_size = 0, best_pss = 0, size = 0;
+    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+    for (guint i = 0; lines[i]; i++) {
+        if (g_str_has_prefix(lines[i], "Size:"))
+            size = g_ascii_strtoull(lines[i] + 5, NULL, 10);
+        else if (g_str_has_prefix(lines[i], "Pss:") && size > best_size) {
+            best_size = size;
+            best_pss = g_ascii_strtoull(lines[i] + 4, NULL, 10);
+        }
+    }
+    return best_pss;
+}
+
+static guint64 last_guest_pss_kb; /* of the last qemu_mem() */
+
 static void
 qemu_mem(const char *needle, guint *out_n, guint64 *out_rss_kb, guint64 *out_pss_kb)
 {
     g_autoptr(GDir) d = g_dir_open("/proc", 0, NULL);
     *out_n = 0;
     *out_rss_kb = *out_pss_kb = 0;
+    last_guest_pss_kb = 0;
     for (const char *n; d && (n = g_dir_read_name(d));) {
         if (!g_ascii_isdigit(n[0]))
             continue;
@@ -180,6 +208,7 @@ qemu_mem(const char *needle, guint *out_n, guint64 *out_rss_kb, guint64 *out_pss
             *out_rss_kb += g_ascii_strtoull(r + 5, NULL, 10);
         if (s)
             *out_pss_kb += g_ascii_strtoull(s + 5, NULL, 10);
+        last_guest_pss_kb += guest_ram_pss_kb(n);
         (*out_n)++;
     }
 }
@@ -204,10 +233,28 @@ write_sys(const char *path, const char *v)
         close(fd);
 }
 
+static guint64
+mem_available_kb(void)
+{
+    g_autofree char *mi = NULL;
+    const char *p;
+    if (!g_file_get_contents("/proc/meminfo", &mi, NULL, NULL) || !(p = strstr(mi, "MemAvailable:")))
+        return 0;
+    return g_ascii_strtoull(p + 13, NULL, 10);
+}
+
+/* @settle_ms after the last VM is up (cold VMs with the balloon: their sessions'
+ * reclaim fires after 5 s idle, page reporting ~2 s later). */
+static const char idle_code[] = "print(1)";
+/* a session that once needed memory: 256 MiB written, then freed */
+static const char workload_code[] = "keep = b'x' * (256 << 20)\ndel keep\nprint(1)";
+
 static void
-idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboolean ksm)
+idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboolean ksm,
+         guint settle_ms, const char *code)
 {
     g_autoptr(GPtrArray) sessions = g_ptr_array_new_with_free_func(g_object_unref);
+    guint64 avail0 = mem_available_kb();
     gint64 t0 = g_get_monotonic_time();
     for (guint i = 0; i < n; i++) {
         g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
@@ -221,7 +268,7 @@ idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboole
         }
         /* one exec each, so cold VMs have a warm REPL like restored ones */
         g_autoptr(SbxRunSpec) ex = sbx_run_spec_new(sbx_manager_get_config(mgr));
-        ex->code = g_bytes_new_static("print(1)", 8);
+        ex->code = g_bytes_new_static(code, strlen(code));
         g_autoptr(GAsyncResult) er = NULL;
         sbx_session_exec_async(s, ex, NULL, NULL, sbx_test_store_result, &er);
         g_autoptr(SbxRunResult) rr = sbx_session_exec_finish(s, sbx_test_wait_result(&er), NULL);
@@ -239,17 +286,23 @@ idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboole
         write_sys("/sys/kernel/mm/ksm/run", "1");
         sbx_test_spin_ms(40000);
     } else {
-        sbx_test_spin_ms(5000);
+        sbx_test_spin_ms(settle_ms);
     }
     guint vms;
     guint64 rss, pss;
     qemu_mem(needle, &vms, &rss, &pss);
+    guint64 avail1 = mem_available_kb();
+    gint64 used_kb = (gint64)avail0 - (gint64)avail1;
     g_autofree char *shared = read_sys("/sys/kernel/mm/ksm/pages_sharing");
     printf("# %s: vms=%u rss_total_mb=%" G_GUINT64_FORMAT " pss_total_mb=%" G_GUINT64_FORMAT
            " rss_per_vm_mb=%" G_GUINT64_FORMAT " pss_per_vm_mb=%" G_GUINT64_FORMAT
+           " guest_ram_pss_per_vm_mb=%" G_GUINT64_FORMAT
+           " memavailable_delta_mb=%" G_GINT64_FORMAT " memavailable_per_vm_mb=%" G_GINT64_FORMAT
            " ksm_pages_sharing=%s\n",
            label, vms, rss >> 10, pss >> 10, vms ? (rss / vms) >> 10 : 0,
-           vms ? (pss / vms) >> 10 : 0, shared ? shared : "?");
+           vms ? (pss / vms) >> 10 : 0, vms ? (last_guest_pss_kb / vms) >> 10 : 0,
+           used_kb / 1024, vms ? used_kb / 1024 / (gint64)vms : 0,
+           shared ? shared : "?");
     fflush(stdout);
     if (ksm) {
         write_sys("/sys/kernel/mm/ksm/run", run0 ? run0 : "0");
@@ -263,6 +316,33 @@ idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboole
     g_ptr_array_set_size(sessions, 0);
     while (sbx_manager_get_n_vms(mgr) > 0)
         sbx_test_spin_ms(100);
+}
+
+/* Cold boots with and without the balloon device, alternated (A/B in one run). */
+static void
+balloon_boot_ab(SbxManager *mgr, guint n)
+{
+    g_autoptr(GArray) with = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_autoptr(GArray) without = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_setenv("SCHEDULERD_L1", "0", TRUE);
+    for (guint i = 0; i < 2 * n; i++) {
+        gboolean on = i % 2 == 1;
+        g_setenv("SCHEDULERD_BALLOON", on ? "1" : "0", TRUE);
+        g_autoptr(SbxRunResult) r = run1(mgr, "print(1)");
+        if (r == NULL)
+            continue;
+        g_array_append_val(on ? with : without, r->timing.boot_ms);
+        printf("#   boot %s balloon: boot %" G_GINT64_FORMAT " total %" G_GINT64_FORMAT "\n",
+               on ? "with" : "without", r->timing.boot_ms, r->timing.total_ms);
+        fflush(stdout);
+    }
+    g_unsetenv("SCHEDULERD_BALLOON");
+    g_unsetenv("SCHEDULERD_L1");
+    printf("# cold boot without balloon: n=%u median boot_ms=%" G_GINT64_FORMAT "\n", without->len,
+           median(without));
+    printf("# cold boot with balloon: n=%u median boot_ms=%" G_GINT64_FORMAT "\n", with->len,
+           median(with));
+    fflush(stdout);
 }
 
 int
@@ -299,14 +379,18 @@ main(int argc, char **argv)
 
     g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
     g_setenv("SCHEDULERD_L1_PRESTART", "0", TRUE);
+    if (strchr(phases, 'b'))
+        balloon_boot_ab(mgr, n);
     if (strchr(phases, 'c')) {
         g_setenv("SCHEDULERD_L1", "0", TRUE);
         series(mgr, "cold", n, NULL);
     }
     g_unsetenv("SCHEDULERD_L1");
-    g_autoptr(SbxRunResult) first = run1(mgr, "print(1)"); /* schedules the build if needed */
-    if (status_u64(mgr, "l1_builds") == 0 && first && !first->l1_hit)
-        wait_status(mgr, "l1_builds", 1, 600);
+    if (strpbrk(phases, "ltpwk")) {
+        g_autoptr(SbxRunResult) first = run1(mgr, "print(1)"); /* schedules the build if needed */
+        if (status_u64(mgr, "l1_builds") == 0 && first && !first->l1_hit)
+            wait_status(mgr, "l1_builds", 1, 600);
+    }
     if (strchr(phases, 'l'))
         series(mgr, "l1 (fresh QEMU)", n, NULL);
     if (strchr(phases, 't')) {
@@ -331,10 +415,18 @@ main(int argc, char **argv)
     if (strchr(phases, 'k')) {
         g_autofree char *needle = g_build_filename(vms, "vm-", NULL);
         g_setenv("SCHEDULERD_L1", "0", TRUE);
-        idle_vms(mgr, "idle cold-booted", MIN(idle, 4), needle, FALSE);
+        g_setenv("SCHEDULERD_BALLOON", "0", TRUE);
+        idle_vms(mgr, "idle cold-booted", idle, needle, FALSE, 15000, idle_code);
+        /* at most 10 here: without give-back each keeps ~0.5 GiB */
+        idle_vms(mgr, "idle cold-booted after 256 MiB", MIN(idle, 10), needle, FALSE, 15000,
+                 workload_code);
+        g_unsetenv("SCHEDULERD_BALLOON");
+        idle_vms(mgr, "idle cold-booted + give-back", idle, needle, FALSE, 15000, idle_code);
+        idle_vms(mgr, "idle cold-booted after 256 MiB + give-back", MIN(idle, 10), needle, FALSE,
+                 15000, workload_code);
         g_unsetenv("SCHEDULERD_L1");
-        idle_vms(mgr, "idle L1-restored", idle, needle, FALSE);
-        idle_vms(mgr, "idle L1-restored + KSM", idle, needle, TRUE);
+        idle_vms(mgr, "idle L1-restored", idle, needle, FALSE, 15000, idle_code);
+        idle_vms(mgr, "idle L1-restored + KSM", idle, needle, TRUE, 0, idle_code);
     }
     g_autoptr(GAsyncResult) down = NULL;
     sbx_manager_shutdown_async(mgr, sbx_test_store_result, &down);
