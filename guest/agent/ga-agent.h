@@ -57,6 +57,11 @@ typedef struct {
     char *python;  /* NULL when not installed */
     char *node;
     char *shell;
+    /* boot timeline (CLOCK_BOOTTIME ns, 0 = unknown): init's stages from SBX_BOOT_NS
+     * (start, modules loaded, switch_root done, execve), main() entry, first hello */
+    gint64 boot_init_ns[4];
+    gint64 boot_main_ns;
+    gint64 boot_hello_ns;
     /* modules */
     GaExec *exec;
     GaFiles *files;

@@ -125,6 +125,47 @@ ga_send_ok(GaAgent *a, gint64 id)
     ga_send(a, sbx_frame_header_new("ok", id), NULL, 0);
 }
 
+static gint64
+boottime_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (gint64)ts.tv_sec * G_GINT64_CONSTANT(1000000000) + ts.tv_nsec;
+}
+
+/* The optional "boot" member of hello: where the boot's time went, one clock. */
+static JsonObject *
+boot_timeline_new(GaAgent *a)
+{
+    static const char *const init_names[] = { "init_start_ns", "modules_ns", "root_ns", "exec_ns" };
+    JsonObject *b = json_object_new();
+
+    json_object_set_string_member(b, "clock", "boottime");
+    for (gsize i = 0; i < G_N_ELEMENTS(init_names); i++)
+        if (a->boot_init_ns[i] > 0)
+            json_object_set_int_member(b, init_names[i], a->boot_init_ns[i]);
+    json_object_set_int_member(b, "main_ns", a->boot_main_ns);
+    json_object_set_int_member(b, "hello_ns", a->boot_hello_ns);
+    return b;
+}
+
+/* init passes "start,modules,root,exec" (ns); the variable is not passed on. */
+static void
+read_init_timeline(GaAgent *a)
+{
+    const char *v = g_getenv("SBX_BOOT_NS");
+    g_auto(GStrv) parts = NULL;
+
+    if (!v)
+        return;
+    parts = g_strsplit(v, ",", 5);
+    if (g_strv_length(parts) == G_N_ELEMENTS(a->boot_init_ns))
+        for (gsize i = 0; i < G_N_ELEMENTS(a->boot_init_ns); i++)
+            a->boot_init_ns[i] = MAX(0, g_ascii_strtoll(parts[i], NULL, 10));
+    g_unsetenv("SBX_BOOT_NS");
+}
+
 static void
 send_hello(GaAgent *a)
 {
@@ -154,6 +195,11 @@ send_hello(GaAgent *a)
     json_object_set_int_member(limits, "max_stderr", SBX_MAX_STDERR_BYTES);
     json_object_set_int_member(limits, "max_file", (gint64)SBX_MAX_FILE_BYTES);
     json_object_set_object_member(h, "limits", g_steal_pointer(&limits));
+    if (a->virtio) {
+        if (a->boot_hello_ns == 0)
+            a->boot_hello_ns = boottime_ns();
+        json_object_set_object_member(h, "boot", boot_timeline_new(a));
+    }
     ga_send(a, h, NULL, 0);
 }
 
@@ -466,6 +512,7 @@ find_program(const char *opt, const char *const *candidates)
 int
 main(int argc, char **argv)
 {
+    gint64 main_ns = boottime_ns(); /* first: exec -> here is the loader's time */
     static const char *const pythons[] = { "/usr/bin/python3", "/usr/local/bin/python3", NULL };
     static const char *const nodes[] = { "/usr/bin/node", "/usr/bin/nodejs", "/usr/local/bin/node", NULL };
     static const char *const shells[] = { "/bin/sh", NULL };
@@ -488,9 +535,10 @@ main(int argc, char **argv)
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new("- schedulerd guest agent");
     g_autoptr(GError) error = NULL;
-    GaAgent agent = { 0 };
+    GaAgent agent = { .boot_main_ns = main_ns };
     GaAgent *a = &agent;
 
+    read_init_timeline(a);
     g_option_context_add_main_entries(ctx, entries, NULL);
     if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
         fprintf(stderr, "sbx-agent: %s\n", error->message);

@@ -13,11 +13,21 @@ host seconds from Popen():
 Prints one line per run and min/median/max, and which accelerator was used (always TCG
 on hosts without real KVM; see docs/guest-image.md).
 
+With an agent it also reads the whole hello frame and prints the guest's own boot
+timeline from its optional "boot" member (CLOCK_BOOTTIME inside the guest, one clock):
+  init     kernel -> init's first instruction (init_start)
+  modules  init's module loading
+  root     disks found, root mounted, switch_root
+  pre-exec lo/network, sysctls, up to execve
+  ld       execve -> the agent's main() (loader, relocation, constructors)
+  main     main() -> hello built (the agent's own start-up work)
+
 usage: bench-boot.py [--image DIR] [-n N] [--no-work] [--cmdline STR]
 """
 import argparse
 import json
 import os
+import struct
 import shutil
 import socket
 import statistics
@@ -79,8 +89,12 @@ def boot_once(qemu, image, work, has_agent, cmdline=None, timeout=120.0):
     try:
         if has_agent:
             host_end.settimeout(timeout)
-            if host_end.recv(1):
+            first = host_end.recv(1)
+            if first:
                 marks["first_byte"] = time.monotonic() - t0
+                hello = read_frame(host_end, first)
+                if hello is not None:
+                    marks["boot"] = hello.get("boot") or {}
             proc.kill()
         else:
             proc.wait(timeout)
@@ -92,6 +106,43 @@ def boot_once(qemu, image, work, has_agent, cmdline=None, timeout=120.0):
         reader.join(5)
         host_end.close()
     return marks
+
+
+def read_exact(sock, n, buf=b""):
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def read_frame(sock, first):
+    """The JSON header of the frame that starts with the byte @first (the hello)."""
+    prefix = read_exact(sock, 8, first)
+    if prefix is None:
+        return None
+    hlen, plen = struct.unpack(">II", prefix)
+    body = read_exact(sock, hlen + plen)
+    if body is None:
+        return None
+    return json.loads(body[:hlen].decode("utf-8"))
+
+
+# (name, from, to) over the hello's "boot" member; ms between the two marks.
+STAGES = [("init", None, "init_start_ns"), ("modules", "init_start_ns", "modules_ns"),
+          ("root", "modules_ns", "root_ns"), ("pre-exec", "root_ns", "exec_ns"),
+          ("ld", "exec_ns", "main_ns"), ("main", "main_ns", "hello_ns")]
+
+
+def stage_ms(boot):
+    out = {}
+    for name, a, b in STAGES:
+        if b in boot and (a is None or a in boot):
+            out[name] = (boot[b] - (boot[a] if a else 0)) / 1e6
+    if "exec_ns" in boot and "hello_ns" in boot:
+        out["exec->hello"] = (boot["hello_ns"] - boot["exec_ns"]) / 1e6
+    return out
 
 
 def summary(values):
@@ -116,7 +167,7 @@ def main():
     what = "agent first byte on %s" % AGENT_PORT if has_agent else "init's 'no agent' line"
     print("bench-boot: image %s (kernel %s), accel tcg, N=%d, measuring %s"
           % (os.path.realpath(args.image), manifest["kernel_version"], args.n, what))
-    firsts, exits = [], []
+    firsts, exits, stages = [], [], {}
     with tempfile.TemporaryDirectory(prefix="sbx-bench-boot.") as tmp:
         for i in range(args.n):
             work = None
@@ -130,12 +181,18 @@ def main():
                 firsts.append(m["first_byte"])
             if "exit" in m:
                 exits.append(m["exit"])
-            print("run %2d: first_byte %s  exit %s" % (
+            st = stage_ms(m.get("boot", {}))
+            for k, v in st.items():
+                stages.setdefault(k, []).append(v)
+            print("run %2d: first_byte %s  exit %s%s" % (
                 i + 1, "%.3f" % m["first_byte"] if "first_byte" in m else "-",
-                "%.3f" % m["exit"] if "exit" in m else "-"))
+                "%.3f" % m["exit"] if "exit" in m else "-",
+                "  guest ms: " + " ".join("%s %.1f" % kv for kv in st.items()) if st else ""))
     print("first_byte min/median/max: %s s (%d/%d runs)" % (summary(firsts), len(firsts), args.n))
     if exits:
         print("exit       min/median/max: %s s" % summary(exits))
+    for k, v in stages.items():
+        print("guest %-11s min/median/max: %s ms" % (k, summary(v)))
     return 0 if len(firsts) == args.n else 1
 
 

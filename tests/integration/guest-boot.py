@@ -223,7 +223,7 @@ def main():
     with open(os.path.join(image, "manifest.json")) as f:
         manifest = json.load(f)
 
-    print("1..9")
+    print("1..%d" % (10 if manifest.get("agent_sha256") else 9))
 
     # 1. the image matches its manifest
     bad = []
@@ -303,6 +303,13 @@ def main():
                   and langs.get("raw") is True,
                   "the agent's hello arrives on %s and finds python3, node and sh" % AGENT_PORT,
                   "hello: %r\nport: %r\n%s" % (hello, b.port_data[:300], b.log()))
+            boot = hello.get("boot") or {}
+            marks = [boot.get(k) for k in ("init_start_ns", "modules_ns", "root_ns", "exec_ns",
+                                           "main_ns", "hello_ns")]
+            check(boot.get("clock") == "boottime" and all(isinstance(m, int) and m > 0 for m in marks)
+                  and marks == sorted(marks),
+                  "the hello carries the boot timeline (init start, modules, root, exec, agent "
+                  "main, hello) in order", "boot: %r" % (boot,))
         else:
             b = Boot(image, "", work=work)
             check(not b.timed_out and b.rc == 0
