@@ -949,6 +949,60 @@ sbx_cgroup_get_dir(SbxCgroup *self, guint controller)
     return d ? d->path : NULL;
 }
 
+/* cpu time: cpuacct (v1) is exact in ns; otherwise any v2 group has cpu.stat */
+static gboolean
+read_cpu_ns(SbxCgroup *self, guint64 *out, GError **error)
+{
+    g_autoptr(GError) local = NULL;
+    CgDir *d;
+    if ((d = find_dir(self, SBX_CGROUP_CONTROLLER_CPUACCT)) != NULL)
+        return tolerate_missing(read_u64(d->path, "cpuacct.usage", out, &local), &local, error);
+    for (guint i = 0; i < self->dirs->len; i++) {
+        CgDir *v = g_ptr_array_index(self->dirs, i);
+        guint64 usec = 0;
+        if (!v->v2)
+            continue;
+        if (!tolerate_missing(read_keyed(v->path, "cpu.stat", "usage_usec", &usec, &local),
+                              &local, error))
+            return FALSE;
+        *out = usec * 1000;
+        break;
+    }
+    return TRUE;
+}
+
+gboolean
+sbx_cgroup_read_usage(SbxCgroup *self, guint64 *out_cpu_ns, guint64 *out_memory_peak_bytes,
+                      GError **error)
+{
+    g_return_val_if_fail(SBX_IS_CGROUP(self), FALSE);
+    if (self->dirs->len == 0) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED, "cgroup %s: %s", self->name,
+                    self->mgr->reason);
+        return FALSE;
+    }
+    g_autoptr(GError) local = NULL;
+    guint64 cpu = 0, peak = 0, cur = 0;
+    CgDir *d;
+    if (!read_cpu_ns(self, &cpu, error))
+        return FALSE;
+    if ((d = find_dir(self, SBX_CGROUP_CONTROLLER_MEMORY)) != NULL) {
+        if (!tolerate_missing(read_u64(d->path, d->v2 ? "memory.peak" : "memory.max_usage_in_bytes",
+                                       &peak, &local),
+                              &local, error))
+            return FALSE;
+        if (peak == 0 && /* v2 before 5.19 has no memory.peak */
+            !tolerate_missing(read_u64(d->path, d->v2 ? "memory.current" : "memory.usage_in_bytes",
+                                       &cur, &local),
+                              &local, error))
+            return FALSE;
+    }
+    self->peak_seen = MAX(self->peak_seen, MAX(peak, cur));
+    *out_cpu_ns = cpu;
+    *out_memory_peak_bytes = self->peak_seen;
+    return TRUE;
+}
+
 gboolean
 sbx_cgroup_read_stats(SbxCgroup *self, SbxCgroupStats *out, GError **error)
 {
@@ -963,24 +1017,8 @@ sbx_cgroup_read_stats(SbxCgroup *self, SbxCgroupStats *out, GError **error)
     g_autoptr(GError) local = NULL;
     CgDir *d;
 
-    /* cpu time: cpuacct (v1) is exact in ns; otherwise any v2 group has cpu.stat */
-    if ((d = find_dir(self, SBX_CGROUP_CONTROLLER_CPUACCT)) != NULL) {
-        if (!tolerate_missing(read_u64(d->path, "cpuacct.usage", &s.cpu_usage_ns, &local), &local,
-                              error))
-            return FALSE;
-    } else {
-        for (guint i = 0; i < self->dirs->len; i++) {
-            CgDir *v = g_ptr_array_index(self->dirs, i);
-            guint64 usec = 0;
-            if (!v->v2)
-                continue;
-            if (!tolerate_missing(read_keyed(v->path, "cpu.stat", "usage_usec", &usec, &local),
-                                  &local, error))
-                return FALSE;
-            s.cpu_usage_ns = usec * 1000;
-            break;
-        }
-    }
+    if (!read_cpu_ns(self, &s.cpu_usage_ns, error))
+        return FALSE;
     if ((d = find_dir(self, SBX_CGROUP_CONTROLLER_CPU)) != NULL &&
         !tolerate_missing(read_keyed(d->path, "cpu.stat", "nr_throttled", &s.nr_throttled, &local),
                           &local, error))

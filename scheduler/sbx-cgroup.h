@@ -103,6 +103,11 @@ GPtrArray *sbx_cgroup_get_procs_files(SbxCgroup *self);
 const char *sbx_cgroup_get_dir(SbxCgroup *self, guint controller);
 /* G_IO_ERROR_NOT_SUPPORTED in NONE mode. */
 gboolean sbx_cgroup_read_stats(SbxCgroup *self, SbxCgroupStats *out, GError **error);
+/* Only the two numbers a run's result carries (cpu_usage_ns, memory_peak_bytes
+ * as in SbxCgroupStats): two file reads instead of read_stats' seven, on the
+ * path between a run's end and its result. */
+gboolean sbx_cgroup_read_usage(SbxCgroup *self, guint64 *out_cpu_ns,
+                               guint64 *out_memory_peak_bytes, GError **error);
 
 /* One non-blocking attempt: kill every process (cgroup.kill on v2, else SIGKILL each
  * pid of cgroup.procs) and remove the directories. G_IO_ERROR_BUSY while processes

@@ -47,6 +47,11 @@ struct _SbxManager {
     SbxPool *pool;     /* L1 templates + warm pool (sbx-pool.c) */
     gboolean pool_stopping;
     GHashTable *runs;  /* RunData* set: in flight, and the VMs sessions hold */
+    GHashTable *cleanups; /* RunData* set: result delivered, VM still being released */
+    GQueue idle_waiters;  /* GTask* of sbx_manager_wait_cleanups_async */
+    guint64 cleanups_total;
+    guint64 cleanup_failures;
+    gint64 cleanup_ms_last;
     GHashTable *sessions; /* id -> SbxSession* (ref): open sessions */
     guint64 serial;
     guint64 runs_total;
@@ -56,6 +61,8 @@ struct _SbxManager {
 };
 
 G_DEFINE_FINAL_TYPE(SbxManager, sbx_manager, G_TYPE_OBJECT)
+
+static void complete_idle_waiters(SbxManager *self);
 
 SbxManager *
 sbx_manager_new(SbxConfig *cfg)
@@ -86,7 +93,30 @@ sbx_manager_get_accel(SbxManager *self)
 guint
 sbx_manager_get_n_vms(SbxManager *self)
 {
-    return g_hash_table_size(self->runs);
+    return g_hash_table_size(self->runs) + g_hash_table_size(self->cleanups);
+}
+
+guint
+sbx_manager_get_n_cleanups(SbxManager *self)
+{
+    return g_hash_table_size(self->cleanups);
+}
+
+void
+sbx_manager_wait_cleanups_async(SbxManager *self, GAsyncReadyCallback callback,
+                                gpointer user_data)
+{
+    GTask *task = g_task_new(self, NULL, callback, user_data);
+    g_task_set_source_tag(task, sbx_manager_wait_cleanups_async);
+    g_queue_push_tail(&self->idle_waiters, task);
+    complete_idle_waiters(self);
+}
+
+gboolean
+sbx_manager_wait_cleanups_finish(SbxManager *self, GAsyncResult *result, GError **error)
+{
+    g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
+    return g_task_propagate_boolean(G_TASK(result), error);
 }
 
 /* What one VM costs the admission budget. */
@@ -365,6 +395,11 @@ struct _RunData {
     gboolean exec_done;
     gboolean dispatched;
     gboolean retire;        /* the guest asked for the VM to be retired (exit 137) */
+    gboolean teardown_started;
+    gboolean net_stopping;  /* sbx_run_net_stop_async in flight */
+    gboolean cleanup;       /* result delivered; in mgr->cleanups until released */
+    gint64 t_cleanup;
+    gint64 t_exec;          /* exec queued (debug timeline) */
     guint idle_timeout_s;   /* SESSION_VM */
     gint64 t0, t_stage;
     GCancellable *cancellable;
@@ -403,6 +438,17 @@ run_data_free(RunData *d)
     g_clear_error(&d->error);
     g_clear_object(&d->cancellable);
     g_free(d);
+}
+
+/* Debug timeline of one run (G_MESSAGES_DEBUG=sbx-manager): microseconds
+ * since the request arrived at each step. Costs one check when debug is off. */
+static void
+run_trace(RunData *d, const char *step)
+{
+    if (g_log_writer_default_would_drop(G_LOG_LEVEL_DEBUG, G_LOG_DOMAIN))
+        return;
+    g_debug("%s: +%" G_GINT64_FORMAT " us %s", d->vm_id ? d->vm_id : "run",
+            g_get_monotonic_time() - d->t0, step);
 }
 
 static gint64
@@ -510,33 +556,102 @@ vm_destroyed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 {
     RunData *d = user_data;
     g_autoptr(GError) error = NULL;
-    if (!sbx_vm_destroy_finish(SBX_VM(source), res, &error))
+    if (!sbx_vm_destroy_finish(SBX_VM(source), res, &error)) {
         g_warning("VM %s: teardown incomplete: %s", d->vm_id, error->message);
+        d->mgr->cleanup_failures++;
+    }
+    run_trace(d, "VM destroyed");
     run_finish(d);
+}
+
+/* Give the caller its result (or error) now; the rest of the teardown goes on
+ * in the background and run_finish ends it. Only once the VM's QEMU (and its
+ * network helper) have been sent SIGKILL and its cgroup's counters are read. */
+static void
+run_deliver(RunData *d)
+{
+    SbxManager *self = d->mgr;
+    g_autoptr(GTask) task = g_steal_pointer(&d->task);
+
+    if (d->cancel_id) {
+        g_cancellable_disconnect(g_task_get_cancellable(task), d->cancel_id);
+        d->cancel_id = 0;
+    }
+    self->runs_total++;
+    /* the output is complete (teardown starts when the sinks are drained):
+     * let go of the caller's streams now, so a reader sees EOF with the result */
+    for (int i = 0; i < 2; i++) {
+        g_warn_if_fail(!d->sink[i].writing);
+        g_queue_clear_full(&d->sink[i].chunks, (GDestroyNotify)g_bytes_unref);
+        d->sink[i].queued = 0;
+        g_clear_object(&d->sink[i].stream);
+    }
+    /* background cleanup from here: the manager lives until it is done */
+    d->cleanup = TRUE;
+    d->t_cleanup = g_get_monotonic_time();
+    g_object_ref(self);
+    g_hash_table_remove(self->runs, d);
+    g_hash_table_add(self->cleanups, d);
+    if (d->error) {
+        self->runs_failed++;
+        g_task_return_error(task, map_error(d, d->error));
+    } else {
+        d->result->timing.teardown_ms = stage_ms(d);
+        d->result->timing.total_ms = MAX((g_get_monotonic_time() - d->t0 + 500) / 1000, 1);
+        g_task_set_task_data(task, GINT_TO_POINTER(d->retire), NULL);
+        run_trace(d, "result returned");
+        g_task_return_pointer(task, g_steal_pointer(&d->result),
+                              (GDestroyNotify)sbx_run_result_free);
+    }
 }
 
 static void
 run_teardown(RunData *d)
 {
-    if (d->net && !sbx_run_net_is_stopped(d->net)) {
-        sbx_run_net_stop_async(d->net, run_net_stopped_cb, d);
-        return;
+    if (!d->teardown_started) {
+        d->teardown_started = TRUE;
+        if (d->result)
+            d->result->timing.exec_ms = stage_ms(d);
+        run_trace(d, "output drained, teardown starts");
+        progress(d, SBX_RUN_STAGE_TEARDOWN);
+        if (d->kind == RUN_KIND_SESSION_EXEC) {
+            g_clear_object(&d->vm); /* borrowed from the session: it stays up */
+            run_finish(d);
+            return;
+        }
+        if (d->vm) {
+            /* 1. no guest code runs after this (docs/vm-lifecycle.md) */
+            sbx_vm_kill(d->vm);
+            if (d->net && !sbx_run_net_is_stopped(d->net)) {
+                d->net_stopping = TRUE; /* SIGKILLs the helper now */
+                sbx_run_net_stop_async(d->net, run_net_stopped_cb, d);
+            }
+            /* 2. the host's counters of the VM, final now */
+            SbxCgroup *cg = sbx_vm_get_cgroup(d->vm);
+            guint64 cpu_ns, peak;
+            if (d->result && cg && sbx_cgroup_read_usage(cg, &cpu_ns, &peak, NULL)) {
+                d->result->cpu_ms = cpu_ns / 1000000;
+                d->result->memory_peak_mb = (peak + (1 << 20) - 1) >> 20;
+            }
+            run_trace(d, "QEMU killed, cgroup stats read");
+            /* 3. a run's caller has its result; a session's VM is released
+             * (lease_release) only when everything is gone */
+            if (d->kind == RUN_KIND_RUN)
+                run_deliver(d);
+            if (d->net_stopping)
+                return; /* run_net_stopped_cb continues */
+        }
     }
-    if (d->result)
-        d->result->timing.exec_ms = stage_ms(d);
-    progress(d, SBX_RUN_STAGE_TEARDOWN);
-    if (d->kind == RUN_KIND_SESSION_EXEC) {
-        g_clear_object(&d->vm); /* borrowed from the session: it stays up */
-        run_finish(d);
+    /* 4. in the reverse order of setup: network helper, QEMU's death, files,
+     * cgroup; the reservation last (run_finish) */
+    if (d->net && !sbx_run_net_is_stopped(d->net)) {
+        if (!d->net_stopping) {
+            d->net_stopping = TRUE;
+            sbx_run_net_stop_async(d->net, run_net_stopped_cb, d);
+        }
         return;
     }
     if (d->vm) {
-        SbxCgroup *cg = sbx_vm_get_cgroup(d->vm);
-        SbxCgroupStats st;
-        if (d->result && cg && sbx_cgroup_read_stats(cg, &st, NULL)) {
-            d->result->cpu_ms = st.cpu_usage_ns / 1000000;
-            d->result->memory_peak_mb = (st.memory_peak_bytes + (1 << 20) - 1) >> 20;
-        }
         sbx_vm_destroy_async(d->vm, vm_destroyed_cb, d);
         return;
     }
@@ -552,34 +667,64 @@ run_teardown(RunData *d)
 }
 
 static void
+complete_idle_waiters(SbxManager *self)
+{
+    GTask *task;
+    if (g_hash_table_size(self->cleanups) > 0)
+        return;
+    while ((task = g_queue_pop_head(&self->idle_waiters)) != NULL) {
+        g_task_return_boolean(task, TRUE);
+        g_object_unref(task);
+    }
+}
+
+/* The end of a run: everything is released; the admission reservation last. */
+static void
 run_finish(RunData *d)
 {
     SbxManager *self = d->mgr;
-    g_autoptr(GTask) task = d->task;
+    gboolean cleanup = d->cleanup;
 
-    if (d->result && d->kind != RUN_KIND_SESSION_EXEC)
-        d->result->timing.teardown_ms = stage_ms(d);
     g_clear_pointer(&d->reservation, sbx_reservation_free); /* admission released last */
-    g_hash_table_remove(self->runs, d);
-    if (d->cancel_id)
-        g_cancellable_disconnect(g_task_get_cancellable(task), d->cancel_id);
-    if (d->kind != RUN_KIND_SESSION_VM)
-        self->runs_total++;
-    if (d->error) {
-        self->runs_failed++;
-        g_task_return_error(task, map_error(d, d->error));
-    } else if (d->kind == RUN_KIND_SESSION_VM) {
-        g_task_return_boolean(task, TRUE); /* a session's VM released */
+    if (cleanup) {
+        /* the result went out in run_deliver */
+        gint64 ms = MAX((g_get_monotonic_time() - d->t_cleanup + 500) / 1000, 1);
+        self->cleanup_ms_last = ms;
+        self->cleanups_total++;
+        g_info("VM %s: released in the background %" G_GINT64_FORMAT " ms after its result", d->vm_id,
+               ms);
+        run_trace(d, "cleanup done, reservation released");
+        g_hash_table_remove(self->cleanups, d);
+        run_data_free(d);
+        complete_idle_waiters(self);
     } else {
-        g_task_set_task_data(task, GINT_TO_POINTER(d->retire), NULL);
-        d->result->timing.total_ms = MAX((g_get_monotonic_time() - d->t0 + 500) / 1000, 1);
-        g_task_return_pointer(task, g_steal_pointer(&d->result),
-                              (GDestroyNotify)sbx_run_result_free);
+        g_autoptr(GTask) task = g_steal_pointer(&d->task);
+        if (d->result && d->kind != RUN_KIND_SESSION_EXEC)
+            d->result->timing.teardown_ms = stage_ms(d);
+        g_hash_table_remove(self->runs, d);
+        if (d->cancel_id)
+            g_cancellable_disconnect(g_task_get_cancellable(task), d->cancel_id);
+        if (d->kind != RUN_KIND_SESSION_VM)
+            self->runs_total++;
+        if (d->error) {
+            self->runs_failed++;
+            g_task_return_error(task, map_error(d, d->error));
+        } else if (d->kind == RUN_KIND_SESSION_VM) {
+            g_task_return_boolean(task, TRUE); /* a session's VM released */
+        } else {
+            g_task_set_task_data(task, GINT_TO_POINTER(d->retire), NULL);
+            d->result->timing.total_ms = MAX((g_get_monotonic_time() - d->t0 + 500) / 1000, 1);
+            run_trace(d, "result returned");
+            g_task_return_pointer(task, g_steal_pointer(&d->result),
+                                  (GDestroyNotify)sbx_run_result_free);
+        }
+        run_data_free(d);
     }
-    run_data_free(d);
     if (self->pool)
         sbx_pool_kick(self->pool); /* refill while idle */
-    shutdown_continue(self); /* a draining shutdown waits for the last run */
+    shutdown_continue(self); /* a draining shutdown waits for the last run and cleanup */
+    if (cleanup)
+        g_object_unref(self); /* taken in run_deliver; may be the last ref */
 }
 
 #define SBX_EXEC_LOST_WAIT_MS 250
@@ -638,6 +783,7 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     GError *error = NULL;
 
     g_clear_handle_id(&d->exec_deadline_id, g_source_remove);
+    run_trace(d, "exec reply (exit frame)");
     if (!sbx_guest_exec_finish(SBX_GUEST(source), res, &r, &error)) {
         if (g_error_matches(error, SBX_GUEST_ERROR, SBX_GUEST_ERROR_DISCONNECTED) && d->vm &&
             d->kind != RUN_KIND_SESSION_EXEC) {
@@ -651,6 +797,11 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         d->result->exit_code = r.exit_code;
         d->result->timed_out = r.timed_out;
         d->result->guest_exec_us = r.duration_us;
+        if (!g_log_writer_default_would_drop(G_LOG_LEVEL_DEBUG, G_LOG_DOMAIN))
+            g_debug("%s: guest exec %" G_GUINT64_FORMAT " us: %" G_GINT64_FORMAT
+                    " us around it since the exec was queued",
+                    d->vm_id, r.duration_us,
+                    g_get_monotonic_time() - d->t_exec - (gint64)r.duration_us);
         d->retire = r.retire;
         g_free(d->result->output_limit);
         d->result->output_limit =
@@ -682,6 +833,8 @@ static void
 run_exec(RunData *d)
 {
     progress(d, SBX_RUN_STAGE_EXEC);
+    run_trace(d, "exec request queued");
+    d->t_exec = g_get_monotonic_time();
     d->dispatched = TRUE;
     d->exec_deadline_id =
         g_timeout_add_seconds(d->timeout_s + SBX_EXEC_DEADLINE_MARGIN_S, exec_deadline_cb, d);
@@ -775,6 +928,7 @@ run_net_stopped_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 {
     RunData *d = user_data;
     sbx_run_net_stop_finish(d->net, res);
+    d->net_stopping = FALSE;
     run_teardown(d);
 }
 
@@ -855,6 +1009,7 @@ admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     }
     d->result->timing.admission_ms = (gint64)sbx_reservation_get_admission_ms(d->reservation);
     (void)stage_ms(d);
+    run_trace(d, "admitted");
     d->l1 = d->net ? NULL : sbx_pool_l1_lookup(self->pool, d->language, d->memory_mb);
     /* a pre-started -incoming defer QEMU: disk + cgroup ready, restore at once */
     if (d->l1 && (d->vm = sbx_pool_take_prestarted(self->pool, d->l1, d->language)) != NULL) {
@@ -994,6 +1149,7 @@ sbx_manager_run_async(SbxManager *self, const SbxRunSpec *spec, GOutputStream *o
         g_hash_table_add(self->runs, d);
         d->vm_id = g_strdup(sbx_vm_get_id(d->vm));
         d->result->warm_pool_hit = TRUE;
+        run_trace(d, "warm pool checkout");
         run_exec(d);
         return;
     }
@@ -1176,6 +1332,12 @@ sbx_manager_get_status(SbxManager *self)
                           g_variant_new_uint32(g_hash_table_size(self->runs)));
     g_variant_builder_add(&b, "{sv}", "sessions",
                           g_variant_new_uint32(g_hash_table_size(self->sessions)));
+    g_variant_builder_add(&b, "{sv}", "cleanups_in_flight",
+                          g_variant_new_uint32(g_hash_table_size(self->cleanups)));
+    g_variant_builder_add(&b, "{sv}", "cleanups_total", g_variant_new_uint64(self->cleanups_total));
+    g_variant_builder_add(&b, "{sv}", "cleanup_failures",
+                          g_variant_new_uint64(self->cleanup_failures));
+    g_variant_builder_add(&b, "{sv}", "cleanup_ms_last", g_variant_new_uint64((guint64)self->cleanup_ms_last));
     g_variant_builder_add(&b, "{sv}", "runs_total", g_variant_new_uint64(self->runs_total));
     g_variant_builder_add(&b, "{sv}", "runs_failed", g_variant_new_uint64(self->runs_failed));
     g_variant_builder_add(&b, "{sv}", "cgroups",
@@ -1222,7 +1384,8 @@ static void
 shutdown_continue(SbxManager *self)
 {
     GTask *task = self->shutdown_task;
-    if (task == NULL || g_hash_table_size(self->runs) > 0 || self->pool_stopping)
+    if (task == NULL || g_hash_table_size(self->runs) > 0 ||
+        g_hash_table_size(self->cleanups) > 0 || self->pool_stopping)
         return;
     self->shutdown_task = NULL;
     if (self->disks)
@@ -1301,6 +1464,7 @@ sbx_manager_finalize(GObject *object)
     g_clear_pointer(&self->probe, sbx_probe_report_free);
     g_clear_pointer(&self->cfg, sbx_config_free);
     g_hash_table_unref(self->runs);
+    g_hash_table_unref(self->cleanups);
     g_hash_table_unref(self->sessions);
     g_free(self->cmdline);
     g_free(self->kernel);
@@ -1316,6 +1480,8 @@ static void
 sbx_manager_init(SbxManager *self)
 {
     self->runs = g_hash_table_new(g_direct_hash, g_direct_equal);
+    self->cleanups = g_hash_table_new(g_direct_hash, g_direct_equal);
+    g_queue_init(&self->idle_waiters);
     self->sessions = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
     self->cancellable = g_cancellable_new();
     self->accel = SBX_ACCEL_TCG;

@@ -92,6 +92,17 @@ gboolean sbx_manager_lease_release_finish(SbxManager *self, GAsyncResult *result
 GVariant *sbx_manager_get_status(SbxManager *self);
 const SbxProbeReport *sbx_manager_get_probe(SbxManager *self);
 const char *sbx_manager_get_accel(SbxManager *self);
+/* VMs alive: runs in flight, session VMs, and VMs still being released. */
 guint sbx_manager_get_n_vms(SbxManager *self);
+
+/* A run's result is delivered once its QEMU was sent SIGKILL and its cgroup
+ * counters were read; the rest of the teardown (death, network helper, files,
+ * cgroup, then the admission reservation) goes on in the background
+ * (docs/vm-lifecycle.md). These count and wait for those cleanups: the wait
+ * completes when none is in flight. Shutdown waits for them by itself. */
+guint sbx_manager_get_n_cleanups(SbxManager *self);
+void sbx_manager_wait_cleanups_async(SbxManager *self, GAsyncReadyCallback callback,
+                                     gpointer user_data);
+gboolean sbx_manager_wait_cleanups_finish(SbxManager *self, GAsyncResult *result, GError **error);
 
 G_END_DECLS

@@ -63,7 +63,9 @@ struct _SbxVm {
     /* destroy */
     GQueue destroy_waiters;
     gboolean destroying;
+    gboolean killed;   /* sbx_vm_kill: SIGKILL sent, no QMP quit */
     guint kill_timer;
+    gint64 destroy_us; /* destroy started (debug timeline) */
 };
 
 enum { SIGNAL_DIED, N_SIGNALS };
@@ -187,7 +189,7 @@ child_exited_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     g_autoptr(SbxVm) self = user_data;
     if (!sbx_child_wait_finish(SBX_CHILD(source), res, NULL))
         return;
-    if (self->destroying)
+    if (self->destroying || self->killed)
         return;
     if (self->mig_task)
         mig_complete(self, died_error(self));
@@ -808,6 +810,16 @@ sbx_vm_save_state_finish(SbxVm *self, GAsyncResult *result, GError **error)
 
 /* ---- destroy ------------------------------------------------------------ */
 
+/* Debug timeline of a destroy (G_MESSAGES_DEBUG=sbx-vm). */
+static void
+destroy_trace(SbxVm *self, const char *step)
+{
+    if (g_log_writer_default_would_drop(G_LOG_LEVEL_DEBUG, G_LOG_DOMAIN))
+        return;
+    g_debug("%s: destroy +%" G_GINT64_FORMAT " us %s", self->id,
+            g_get_monotonic_time() - self->destroy_us, step);
+}
+
 static void
 remove_files(SbxVm *self)
 {
@@ -831,6 +843,7 @@ static void
 destroy_complete(SbxVm *self, GError *error)
 {
     GTask *task;
+    destroy_trace(self, "cgroup removed, destroy complete");
     self->state = SBX_VM_STATE_DESTROYED;
     while ((task = g_queue_pop_head(&self->destroy_waiters)) != NULL) {
         if (error)
@@ -858,7 +871,9 @@ static void
 destroy_after_death(SbxVm *self)
 {
     g_clear_handle_id(&self->kill_timer, g_source_remove);
+    destroy_trace(self, "QEMU death confirmed");
     remove_files(self);
+    destroy_trace(self, "files removed");
     if (self->cgroup) {
         sbx_cgroup_destroy_async(self->cgroup, NULL, cgroup_destroyed_cb, self);
         return;
@@ -904,6 +919,8 @@ sbx_vm_destroy_async(SbxVm *self, GAsyncReadyCallback callback, gpointer user_da
     if (self->destroying)
         return;
     self->destroying = TRUE;
+    if (!self->killed)
+        self->destroy_us = g_get_monotonic_time();
     g_object_ref(self);
     if (self->boot_task)
         boot_complete(self, g_error_new_literal(G_IO_ERROR, G_IO_ERROR_CANCELLED,
@@ -922,9 +939,12 @@ sbx_vm_destroy_async(SbxVm *self, GAsyncReadyCallback callback, gpointer user_da
         destroy_after_death(self);
         return;
     }
-    /* 2. QMP quit with a short deadline, then SIGKILL; 3. confirmed death */
-    if (self->qmp && qmp_client_get_state(self->qmp) == QMP_CLIENT_STATE_RUNNING) {
+    /* 2. QMP quit with a short deadline, then SIGKILL (at once after
+     * sbx_vm_kill); 3. confirmed death */
+    if (!self->killed && self->qmp &&
+        qmp_client_get_state(self->qmp) == QMP_CLIENT_STATE_RUNNING) {
         qmp_quit_async(self->qmp, NULL, quit_cb, NULL);
+        destroy_trace(self, "QMP quit sent");
         self->kill_timer = g_timeout_add(SBX_VM_QUIT_DEADLINE_MS, kill_timeout_cb, self);
     } else {
         sbx_child_kill(self->child, SIGKILL);
@@ -937,6 +957,17 @@ sbx_vm_destroy_finish(SbxVm *self, GAsyncResult *result, GError **error)
 {
     g_return_val_if_fail(g_task_is_valid(result, self), FALSE);
     return g_task_propagate_boolean(G_TASK(result), error);
+}
+
+void
+sbx_vm_kill(SbxVm *self)
+{
+    if (self->child == NULL || sbx_child_has_exited(self->child) || self->killed)
+        return;
+    self->killed = TRUE;
+    self->destroy_us = g_get_monotonic_time();
+    sbx_child_kill(self->child, SIGKILL);
+    destroy_trace(self, "SIGKILL sent");
 }
 
 static void

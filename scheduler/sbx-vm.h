@@ -108,11 +108,18 @@ void sbx_vm_save_state_async(SbxVm *self, int fd, GCancellable *cancellable,
 gboolean sbx_vm_save_state_finish(SbxVm *self, GAsyncResult *result, GError **error);
 
 /* Release everything: guest channel, QMP quit with a short deadline, SIGKILL,
- * confirmed death, work disk and run dir removed, cgroup removed. Idempotent. */
+ * confirmed death, work disk and run dir removed, cgroup removed. Idempotent.
+ * After sbx_vm_kill there is no QMP quit: it waits for the death of the
+ * killed QEMU, then removes the rest. */
 void sbx_vm_destroy_async(SbxVm *self, GAsyncReadyCallback callback, gpointer user_data);
 gboolean sbx_vm_destroy_finish(SbxVm *self, GAsyncResult *result, GError **error);
 
+/* SIGKILL QEMU's process group now (a throw-away VM needs no QMP quit): no
+ * guest code runs once this returns. Nothing else is released; destroy the VM
+ * afterwards. No "died" signal follows. Idempotent; a no-op once QEMU exited. */
+void sbx_vm_kill(SbxVm *self);
+
 /* Signal "died" (SbxVm *, const char *reason): QEMU exited while the VM was
- * booting or ready (not during destroy). */
+ * booting or ready (not during destroy, not after sbx_vm_kill). */
 
 G_END_DECLS

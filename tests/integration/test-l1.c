@@ -105,6 +105,16 @@ status_u64(SbxManager *mgr, const char *key)
     return G_MAXUINT64;
 }
 
+/* A run's VM is released in the background after its result: wait for that. */
+static gboolean
+wait_cleanups(SbxManager *mgr)
+{
+    g_autoptr(GAsyncResult) res = NULL;
+    sbx_manager_wait_cleanups_async(mgr, sbx_test_store_result, &res);
+    return sbx_manager_wait_cleanups_finish(mgr, sbx_test_wait_result(&res), NULL) &&
+           sbx_manager_get_n_cleanups(mgr) == 0;
+}
+
 /* Let the main loop run until status[key] >= want or @limit_s pass. */
 static gboolean
 wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
@@ -357,6 +367,7 @@ main(void)
     OK(status_u64(mgr, "l1_restore_failures") == fails0 + 1,
        "the restore failure is counted in Status (l1_restore_failures)");
     run_clear(&a);
+    (void)wait_cleanups(mgr);
     /* run VMs are vm-<pid>-<n>; a template rebuild (l1build-*) may be running now */
     g_autofree char *run_vms = g_build_filename(vms_dir, "vm-", NULL);
     guint run_dirs = 0;
@@ -372,10 +383,18 @@ main(void)
     run_clear(&a);
     gboolean filled = wait_status(mgr, "warm_pool_python", 1, 600);
     OK(filled, "the warm pool fills one python VM in the background");
+    guint64 cleanups0 = status_u64(mgr, "cleanups_total");
     run_code(mgr, "print(5)", &a);
     OK(a.result && a.result->warm_pool_hit && g_strcmp0(a.out, "5\n") == 0 &&
            a.result->timing.admission_ms == 0,
        "a default run is served by the warm pool (warm_pool_hit)");
+    gboolean cleaned = wait_cleanups(mgr);
+    OK(a.result && a.result->timing.teardown_ms >= 1 && a.result->guest_exec_us > 0 && cleaned &&
+           status_u64(mgr, "cleanups_total") == cleanups0 + 1 &&
+           status_u64(mgr, "cleanups_in_flight") == 0,
+       "the warm VM is released in the background after the result (teardown_ms %" G_GINT64_FORMAT
+       " before it, cleanup %" G_GUINT64_FORMAT " ms after)",
+       a.result ? a.result->timing.teardown_ms : -1, status_u64(mgr, "cleanup_ms_last"));
     run_clear(&a);
 
     /* 16: a request that finds no capacity evicts an idle pooled VM. Fill the pool
@@ -383,6 +402,7 @@ main(void)
     gboolean refilled = wait_status(mgr, "warm_pool_python", 1, 600);
     g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE); /* no refill from here on */
     g_setenv("SCHEDULERD_L1", "0", TRUE);        /* and no template builds */
+    (void)wait_cleanups(mgr); /* released VMs give their reservations back first */
     SbxAdmissionConfig acfg;
     sbx_admission_config_init(&acfg);
     acfg.memory_overcommit_ratio = cfg->memory_overcommit_ratio;

@@ -427,10 +427,32 @@ typedef struct {
 } Snapshot;
 
 static void
+cleanups_cb(GObject *src, GAsyncResult *res, gpointer data)
+{
+    Wait *w = data;
+    w->ok = sbx_manager_wait_cleanups_finish(SBX_MANAGER(src), res, &w->error);
+    w->done = TRUE;
+}
+
+/* A run's result comes before its VM's background cleanup ends: wait for it. */
+static void
+wait_cleanups(SbxManager *mgr)
+{
+    Wait w = {0};
+    sbx_manager_wait_cleanups_async(mgr, cleanups_cb, &w);
+    spin_until(flag_set, &w.done, 0, "the background cleanups");
+    assert_true(w.ok);
+    assert_int_equal(sbx_manager_get_n_cleanups(mgr), 0);
+}
+
+static void
 snapshot_take(Snapshot *s, const char *runtime, SbxManager *mgr)
 {
-    if (mgr) /* the pool refills in the background: count it when it is full */
+    if (mgr) {
+        wait_cleanups(mgr);
+        /* the pool refills in the background: count it when it is full */
         spin_until(pool_full, mgr, 20, "the work-disk pool to refill");
+    }
     g_autofree char *vms = g_build_filename(runtime, "vms", NULL);
     g_free(s->fd_list);
     s->fds = count_fds(&s->fd_list);
@@ -594,8 +616,9 @@ test_twenty_runs_leave_nothing(void **state)
     for (guint i = 0; i < N; i++)
         run_free(runs[i]);
     assert_int_equal(status_u32(f->mgr, "runs_in_flight"), 0);
+    assert_clean(&before, f->runtime, f->mgr); /* waits for the background cleanups */
+    assert_int_equal(status_u32(f->mgr, "cleanups_in_flight"), 0);
     assert_int_equal(status_u32(f->mgr, "slots_used"), 0);
-    assert_clean(&before, f->runtime, f->mgr);
     snapshot_clear(&before);
 }
 
@@ -657,6 +680,137 @@ test_kill_qemu_mid_exec(void **state)
     assert_true(g_error_matches(r->w.error, SBX_ERROR, SBX_ERROR_OUTCOME_UNKNOWN));
     assert_false(pid_alive(qemu));
     assert_clean(&before, f->runtime, f->mgr);
+    snapshot_clear(&before);
+}
+
+/* ---- the result comes before the background cleanup --------------------- */
+
+static guint64
+status_u64(SbxManager *mgr, const char *key)
+{
+    g_autoptr(GVariant) st = sbx_manager_get_status(mgr);
+    guint64 v = 0;
+    assert_true(g_variant_lookup(st, key, "t", &v));
+    return v;
+}
+
+/* The pid in the single vms/<id>/qemu.pid record, or 0 (no assertions: used
+ * inside a callback). */
+static GPid
+qemu_record_pid(const char *runtime)
+{
+    g_autofree char *vms = g_build_filename(runtime, "vms", NULL);
+    g_autoptr(GDir) d = g_dir_open(vms, 0, NULL);
+    const char *id = d ? g_dir_read_name(d) : NULL;
+    if (id == NULL)
+        return 0;
+    g_autofree char *rec = g_build_filename(vms, id, "qemu.pid", NULL);
+    g_autofree char *text = NULL;
+    long pid = 0;
+    if (g_dir_read_name(d) != NULL || !g_file_get_contents(rec, &text, NULL, NULL) ||
+        sscanf(text, "%ld", &pid) != 1)
+        return 0;
+    return (GPid)pid;
+}
+
+/* No code can run in @pid any more: it is gone, a zombie, exiting
+ * (PF_EXITING), or SIGKILL is pending for it. */
+static gboolean
+process_killed(GPid pid)
+{
+    g_autofree char *stat_path = g_strdup_printf("/proc/%d/stat", (int)pid);
+    g_autofree char *stat = NULL;
+    if (!g_file_get_contents(stat_path, &stat, NULL, NULL))
+        return TRUE;
+    const char *p = strrchr(stat, ')');
+    char state = 0;
+    unsigned long flags = 0;
+    /* after comm: state ppid pgrp session tty_nr tpgid flags */
+    if (p == NULL || sscanf(p + 2, "%c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2)
+        return FALSE;
+    if (state == 'Z' || state == 'X' || (flags & 0x4 /* PF_EXITING */))
+        return TRUE;
+    g_autofree char *status_path = g_strdup_printf("/proc/%d/status", (int)pid);
+    g_autofree char *status = NULL;
+    if (!g_file_get_contents(status_path, &status, NULL, NULL))
+        return TRUE;
+    g_auto(GStrv) lines = g_strsplit(status, "\n", -1);
+    for (guint i = 0; lines[i]; i++)
+        if (g_str_has_prefix(lines[i], "ShdPnd:") || g_str_has_prefix(lines[i], "SigPnd:"))
+            if (g_ascii_strtoull(lines[i] + 7, NULL, 16) & (G_GUINT64_CONSTANT(1) << (SIGKILL - 1)))
+                return TRUE;
+    return FALSE;
+}
+
+typedef struct {
+    Wait w;
+    SbxManager *mgr;
+    const char *runtime;
+    GPid qemu;       /* from the VM's record, read in the result callback */
+    gboolean killed; /* process_killed(qemu) then */
+    guint32 cleanups, slots; /* Status then */
+} EarlyRun;
+
+static void
+early_cb(GObject *src, GAsyncResult *res, gpointer data)
+{
+    EarlyRun *e = data;
+    /* first, before anything else can run: the state when the caller got the result */
+    e->qemu = qemu_record_pid(e->runtime);
+    e->killed = e->qemu > 0 && process_killed(e->qemu);
+    g_autoptr(GVariant) st = sbx_manager_get_status(e->mgr);
+    (void)g_variant_lookup(st, "cleanups_in_flight", "u", &e->cleanups);
+    (void)g_variant_lookup(st, "slots_used", "u", &e->slots);
+    ran_cb(src, res, &e->w);
+}
+
+static void
+test_result_before_cleanup(void **state)
+{
+    Fixture *f = *state;
+    Snapshot before = {0};
+    snapshot_take(&before, f->runtime, f->mgr);
+    guint64 total0 = status_u64(f->mgr, "cleanups_total");
+
+    g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(f->mgr));
+    spec->language = SBX_LANGUAGE_PYTHON;
+    g_bytes_unref(spec->code);
+    spec->code = g_bytes_new_static("print('early')", 14);
+    g_autoptr(GOutputStream) out = g_memory_output_stream_new_resizable();
+    EarlyRun e = {.mgr = f->mgr, .runtime = f->runtime};
+    sbx_manager_run_async(f->mgr, spec, out, NULL, NULL, NULL, NULL, early_cb, &e);
+    spin_until(flag_set, &e.w.done, 0, "the run");
+    if (e.w.error)
+        fail_msg("run failed: %s", e.w.error->message);
+    g_autofree char *text = stream_text(out);
+    assert_string_equal(text, "early\n");
+    print_message("# at the result: QEMU [%d] killed: %s; cleanups in flight %u, slots used %u; "
+                  "teardown_ms %" G_GINT64_FORMAT ", cpu_ms %" G_GINT64_FORMAT ", memory_peak_mb %"
+                  G_GINT64_FORMAT "\n",
+                  (int)e.qemu, e.killed ? "yes" : "NO", e.cleanups, e.slots,
+                  e.w.result->timing.teardown_ms, (gint64)e.w.result->cpu_ms,
+                  (gint64)e.w.result->memory_peak_mb);
+    /* the VM's record was still there (its cleanup had not run), yet its QEMU
+     * could run nothing any more */
+    assert_true(e.qemu > 0);
+    assert_true(e.killed);
+    /* still being released, and still counted by admission */
+    assert_int_equal(e.cleanups, 1);
+    assert_int_equal(e.slots, 1);
+    assert_true(e.w.result->timing.teardown_ms >= 1);
+    if (cgroups_enabled()) { /* read from the cgroup before the result */
+        assert_true(e.w.result->cpu_ms > 0);
+        assert_true(e.w.result->memory_peak_mb > 0);
+    }
+
+    /* then everything goes: process, files, cgroup, fds, reservation */
+    assert_clean(&before, f->runtime, f->mgr); /* waits for the cleanup */
+    assert_false(pid_alive(e.qemu));
+    assert_int_equal(status_u32(f->mgr, "cleanups_in_flight"), 0);
+    assert_int_equal(status_u64(f->mgr, "cleanups_total"), total0 + 1);
+    assert_true(status_u64(f->mgr, "cleanup_ms_last") >= 1);
+    assert_int_equal(status_u32(f->mgr, "slots_used"), 0);
+    wait_clear(&e.w);
     snapshot_clear(&before);
 }
 
@@ -1111,6 +1265,7 @@ main(void)
         cmocka_unit_test(test_languages),
         cmocka_unit_test(test_twenty_runs_leave_nothing),
         cmocka_unit_test(test_kill_qemu_mid_exec),
+        cmocka_unit_test(test_result_before_cleanup),
         cmocka_unit_test(test_kill_storage_daemon),
         cmocka_unit_test(test_fake_qemu),
         cmocka_unit_test(test_orphans_after_scheduler_crash),

@@ -316,6 +316,10 @@ test_no_cgroups(void **state)
     SbxCgroupStats st;
     assert_false(sbx_cgroup_read_stats(cg, &st, &error));
     assert_true(g_error_matches(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED));
+    g_clear_error(&error);
+    guint64 cpu_ns = 0, peak = 0;
+    assert_false(sbx_cgroup_read_usage(cg, &cpu_ns, &peak, &error));
+    assert_true(g_error_matches(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED));
     assert_true(sbx_cgroup_try_destroy(cg, NULL));
 }
 
@@ -424,6 +428,11 @@ test_stats_v1(void **state)
     assert_int_equal(st.oom_kills, 2);
     assert_int_equal(st.pids_current, 4);
     assert_int_equal(st.pids_max_hits, 7);
+    /* the two numbers of a run's result, from two files */
+    guint64 cpu_ns = 0, peak = 0;
+    assert_true(sbx_cgroup_read_usage(cg, &cpu_ns, &peak, &error));
+    assert_int_equal(cpu_ns, 123456789);
+    assert_int_equal(peak, 67100672);
 
     put(f->root, "sys/fs/cgroup/pids/schedulerd/vm-s/pids.current", "four\n");
     assert_false(sbx_cgroup_read_stats(cg, &st, &error));
@@ -461,10 +470,20 @@ test_stats_v2(void **state)
     assert_true(sbx_cgroup_read_stats(cg, &st, &error));
     assert_int_equal(st.memory_current_bytes, 300);
     assert_int_equal(st.memory_peak_bytes, 5000);
+    guint64 cpu_ns = 0, peak = 0;
+    put(f->root, cur, "7000\n");
+    assert_true(sbx_cgroup_read_usage(cg, &cpu_ns, &peak, &error));
+    assert_int_equal(cpu_ns, 1500000);
+    assert_int_equal(peak, 7000); /* no memory.peak: the highest current seen */
+    put(f->root, cur, "100\n");
+    assert_true(sbx_cgroup_read_usage(cg, &cpu_ns, &peak, &error));
+    assert_int_equal(peak, 7000);
     g_autofree char *pk = g_strconcat(d, "memory.peak", NULL);
     put(f->root, pk, "9000\n");
     assert_true(sbx_cgroup_read_stats(cg, &st, &error));
     assert_int_equal(st.memory_peak_bytes, 9000);
+    assert_true(sbx_cgroup_read_usage(cg, &cpu_ns, &peak, &error));
+    assert_int_equal(peak, 9000);
     assert_true(sbx_cgroup_try_destroy(cg, NULL));
 }
 
