@@ -70,6 +70,8 @@ typedef struct {
     GBytes *inflight;      /* chunk being written to dest */
     GCancellable *io_cancel; /* cancels the pending stream operation when the request fails */
     GError *deferred;      /* failure decided while a stream callback was pending */
+    /* reseed */
+    gboolean need_clock; /* fail unless the agent set the wall clock */
 } Req;
 
 typedef struct {
@@ -522,6 +524,13 @@ dispatch(SbxGuest *self, SbxFrame *f)
         }
         break;
     case REQ_RESEED:
+        if (g_str_equal(f->type, "ok") && r->need_clock &&
+            !json_object_get_boolean_member_with_default(f->header, "clock_set", FALSE)) {
+            req_fail(self, r, g_error_new(SBX_GUEST_ERROR, SBX_GUEST_ERROR_FAILED,
+                                          "the guest agent did not set its wall clock"));
+            return;
+        }
+        G_GNUC_FALLTHROUGH;
     case REQ_RECLAIM:
     case REQ_WARM:
         if (g_str_equal(f->type, "ok")) {
@@ -905,20 +914,14 @@ sbx_guest_ping_finish(SbxGuest *self, GAsyncResult *result, GError **error)
     return finish_int(self, result, NULL, error);
 }
 
-void
-sbx_guest_reseed_async(SbxGuest *self, GBytes *entropy, GCancellable *cancellable,
-                       GAsyncReadyCallback callback, gpointer user_data)
+static void
+reseed_send(SbxGuest *self, Req *r, GBytes *entropy, gint64 realtime_ns)
 {
-    Req *r = req_new(self, REQ_RESEED, cancellable, callback, user_data, sbx_guest_reseed_async);
     guint8 buf[64];
     JsonObject *h;
 
-    if (!r)
-        return;
-    /* A restored guest's wall clock stands at the template's save time: the
-     * host's clock travels with the entropy. */
     h = sbx_frame_header_new("reseed", r->id);
-    json_object_set_int_member(h, "realtime_ns", g_get_real_time() * 1000);
+    json_object_set_int_member(h, "realtime_ns", realtime_ns);
     if (entropy) {
         send_frame(self, h, g_bytes_get_data(entropy, NULL), MIN(g_bytes_get_size(entropy), 4096));
         return;
@@ -930,6 +933,30 @@ sbx_guest_reseed_async(SbxGuest *self, GBytes *entropy, GCancellable *cancellabl
         return;
     }
     send_frame(self, h, buf, sizeof buf);
+}
+
+void
+sbx_guest_reseed_async(SbxGuest *self, GBytes *entropy, GCancellable *cancellable,
+                       GAsyncReadyCallback callback, gpointer user_data)
+{
+    Req *r = req_new(self, REQ_RESEED, cancellable, callback, user_data, sbx_guest_reseed_async);
+    /* A restored guest's wall clock stands at the template's save time: the
+     * host's clock travels with the entropy. */
+    if (r)
+        reseed_send(self, r, entropy, g_get_real_time() * 1000);
+}
+
+void
+sbx_guest_reseed_clock_async(SbxGuest *self, gint64 realtime_ns, GCancellable *cancellable,
+                             GAsyncReadyCallback callback, gpointer user_data)
+{
+    Req *r;
+    g_return_if_fail(realtime_ns > 0);
+    r = req_new(self, REQ_RESEED, cancellable, callback, user_data, sbx_guest_reseed_async);
+    if (!r)
+        return;
+    r->need_clock = TRUE;
+    reseed_send(self, r, NULL, realtime_ns);
 }
 
 gboolean

@@ -100,6 +100,11 @@ gboolean sbx_guest_ping_finish(SbxGuest *self, GAsyncResult *result, GError **er
  * getrandom(). */
 void sbx_guest_reseed_async(SbxGuest *self, GBytes *entropy, GCancellable *cancellable,
                             GAsyncReadyCallback callback, gpointer user_data);
+/* The same with 64 bytes of getrandom() and the guest's wall clock set to
+ * @realtime_ns (ns since the epoch); fails unless the agent set the clock.
+ * Finish with sbx_guest_reseed_finish(). */
+void sbx_guest_reseed_clock_async(SbxGuest *self, gint64 realtime_ns, GCancellable *cancellable,
+                                  GAsyncReadyCallback callback, gpointer user_data);
 gboolean sbx_guest_reseed_finish(SbxGuest *self, GAsyncResult *result, GError **error);
 
 /* Idle VM: the guest drops its clean page cache and compacts its free memory, so

@@ -718,13 +718,11 @@ fill_started_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         fill_fail(f, error);
         return;
     }
-    if (f->tpl && sbx_template_clones_repl(f->language)) {
+    if (f->tpl) {
         fill_prime(f); /* the template's REPL is already running */
         return;
     }
-    if (f->tpl == NULL)
-        sbx_pool_note_cold_boot(self, f->language, self->d.cfg->default_memory_mb);
-    /* a fresh REPL, started after the restore's CRNG reseed */
+    sbx_pool_note_cold_boot(self, f->language, self->d.cfg->default_memory_mb);
     sbx_guest_warm_async(sbx_vm_get_guest(f->vm), f->language, self->cancellable, fill_warmed_cb,
                          f);
 }

@@ -764,17 +764,6 @@ saved_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     sbx_vm_destroy_async(b->vm_obj, template_vm_destroyed_cb, task);
 }
 
-gboolean
-sbx_template_clones_repl(SbxLanguage language)
-{
-    /* node seeds V8's Math.random and OpenSSL's DRBG once per process: a cloned
-     * node REPL gives every restored VM the same "random" numbers (measured:
-     * identical Math.random() and crypto.randomBytes() in two clones). Python
-     * reads os.urandom per call and seeds `random` at import, after the reseed;
-     * the raw shell (dash) has no PRNG. */
-    return language != SBX_LANGUAGE_JAVASCRIPT;
-}
-
 static void
 save_now(GTask *task)
 {
@@ -791,21 +780,6 @@ save_now(GTask *task)
 }
 
 static void
-repl_dropped_cb(GObject *source, GAsyncResult *res, gpointer user_data)
-{
-    GTask *task = user_data;
-    SbxGuestExecResult r = {0};
-    GError *error = NULL;
-    /* the REPL exits: any exit status is fine, a dead channel is not */
-    if (!sbx_guest_exec_finish(SBX_GUEST(source), res, &r, &error)) {
-        g_prefix_error(&error, "dropping the warm REPL: ");
-        build_fail_vm(task, error);
-        return;
-    }
-    save_now(task);
-}
-
-static void
 warmed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 {
     GTask *task = user_data;
@@ -817,16 +791,22 @@ warmed_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         return;
     }
     b->warm_ms = (g_get_monotonic_time() - b->t0) / 1000;
-    if (!sbx_template_clones_repl(b->language)) {
-        /* Keep what the warm-up read in the guest's page cache, not the process:
-         * the first exec after a restore starts a fresh, freshly seeded REPL. */
-        static const char exit_code[] = "process.reallyExit(0)"; /* the driver traps process.exit */
-        g_autoptr(GBytes) code = g_bytes_new_static(exit_code, sizeof exit_code - 1);
-        sbx_guest_exec_async(sbx_vm_get_guest(b->vm_obj), b->language, code, 30, NULL, NULL,
-                             NULL, NULL, g_task_get_cancellable(task), repl_dropped_cb, task);
+    save_now(task);
+}
+
+static void
+clock_back_cb(GObject *source, GAsyncResult *res, gpointer user_data)
+{
+    GTask *task = user_data;
+    Build *b = g_task_get_task_data(task);
+    GError *error = NULL;
+    if (!sbx_guest_reseed_finish(SBX_GUEST(source), res, &error)) {
+        g_prefix_error(&error, "setting the template VM's clock back: ");
+        build_fail_vm(task, error);
         return;
     }
-    save_now(task);
+    sbx_guest_warm_async(SBX_GUEST(source), b->language, g_task_get_cancellable(task), warmed_cb,
+                         task);
 }
 
 static void
@@ -842,8 +822,12 @@ booted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     }
     b->boot_ms = sbx_vm_get_boot_ms(b->vm_obj);
     b->t0 = g_get_monotonic_time();
-    sbx_guest_warm_async(sbx_vm_get_guest(b->vm_obj), b->language, g_task_get_cancellable(task),
-                         warmed_cb, task);
+    /* The REPL the template keeps (and every clone of it) starts under a clock
+     * a day back: the restore's clock step then makes OpenSSL's DRBGs in a
+     * cloned node reseed from the reseeded kernel (SBX_TEMPLATE_CLOCK_BACK_S). */
+    gint64 back_us = g_get_real_time() - (gint64)SBX_TEMPLATE_CLOCK_BACK_S * G_USEC_PER_SEC;
+    sbx_guest_reseed_clock_async(sbx_vm_get_guest(b->vm_obj), back_us * 1000,
+                                 g_task_get_cancellable(task), clock_back_cb, task);
 }
 
 void

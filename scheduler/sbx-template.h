@@ -17,7 +17,17 @@
 
 G_BEGIN_DECLS
 
-#define SBX_TEMPLATE_FORMAT 3 /* 3: no cloned javascript REPL */
+/* 3: no cloned javascript REPL; 4: the REPL (javascript too) is warmed with the
+ * guest clock SBX_TEMPLATE_CLOCK_BACK_S back */
+#define SBX_TEMPLATE_FORMAT 4
+
+/* How far the template VM's wall clock is set back while its REPL starts and
+ * warms. Restores set the real time, and OpenSSL 3.0 reseeds a DRBG whose
+ * last seeding is more than 7 min (per-thread) / 1 h (primary) old, so a
+ * cloned node's DRBGs draw fresh kernel entropy on their first use. A day:
+ * far past both intervals, and still robust to a host clock stepped back by
+ * less than 23 h between the build and a restore. */
+#define SBX_TEMPLATE_CLOCK_BACK_S (24 * 3600)
 
 /* What the cache key covers. */
 typedef struct {
@@ -99,12 +109,6 @@ void sbx_template_cache_build_async(SbxTemplateCache *self, const char *key,
                                     gpointer user_data);
 SbxTemplate *sbx_template_cache_build_finish(SbxTemplateCache *self, GAsyncResult *result,
                                              GError **error);
-
-/* Whether a template of @language keeps the warm REPL process. FALSE for
- * javascript: node's PRNGs (Math.random, OpenSSL's DRBG) are seeded once per
- * process, so clones of one REPL would produce the same random numbers; its
- * template keeps only the warm guest page cache. */
-gboolean sbx_template_clones_repl(SbxLanguage language);
 
 /* The probe program of each language and the output it must print. */
 const char *sbx_template_probe_code(SbxLanguage language);

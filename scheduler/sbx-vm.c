@@ -647,11 +647,13 @@ restore_cont_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         return;
     /* The template's agent was connected when saved and still is: it answers
      * at once (it sends a hello first only if it had seen a disconnect). The
-     * reseed goes before any exec: clones of one template share CRNG state. */
+     * reseed goes before any exec: clones of one template share CRNG state,
+     * and the clock step it makes is what reseeds a cloned node's OpenSSL
+     * DRBGs (docs/snapshots.md), so it must be set. */
     self->boot_pending = 2;
     sbx_guest_ping_async(self->guest, self->cancellable, restore_agent_cb, g_object_ref(self));
-    sbx_guest_reseed_async(self->guest, NULL, self->cancellable, restore_agent_cb,
-                           g_object_ref(self));
+    sbx_guest_reseed_clock_async(self->guest, g_get_real_time() * 1000, self->cancellable,
+                                 restore_agent_cb, g_object_ref(self));
 }
 
 static void

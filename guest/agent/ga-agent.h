@@ -81,6 +81,9 @@ void ga_exec_free(GaExec *e);
 void ga_exec_handle(GaExec *e, SbxFrame *frame);   /* exec */
 void ga_exec_warm(GaExec *e, SbxFrame *frame);     /* warm */
 void ga_exec_cancel(GaExec *e, gint64 target);     /* cancel: kill that exec if running */
+/* After the CRNG reseed: give running REPLs whose PRNGs cannot be reseeded in
+ * place (node's Math.random) fresh entropy, ahead of any further exec. */
+void ga_exec_reseed(GaExec *e);
 
 /* ga-files.c */
 GaFiles *ga_files_new(GaAgent *a);

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,6 +39,7 @@
 #define USER_NPROC 1024
 #define USER_NOFILE 4096
 #define USER_FSIZE (1024ULL * 1024 * 1024)
+#define RESEED_BYTES 32                /* entropy for the javascript driver */
 
 typedef struct _GaProc GaProc;
 typedef struct _GaRun GaRun;
@@ -827,6 +829,26 @@ ga_exec_cancel(GaExec *e, gint64 target)
         e->run->cancelled = TRUE;
         run_stop(e, TRUE);
     }
+}
+
+void
+ga_exec_reseed(GaExec *e)
+{
+    GaProc *p = e->repl[SBX_LANGUAGE_JAVASCRIPT];
+    guint8 msg[8 + RESEED_BYTES] = { 0xff, 0xff, 0xff, 0xff, 0, 0, 0, RESEED_BYTES };
+
+    /* A header with code_len 0xffffffff carries entropy instead of code
+     * (ga-driver.js); the pipe orders it before the next exec. */
+    if (!p || p->dead)
+        return;
+    if (getrandom(msg + 8, RESEED_BYTES, 0) != RESEED_BYTES) {
+        /* not after the CRNG reseed; a fresh REPL (reaped as usual) is the safe side */
+        g_warning("getrandom: %s; killing the javascript REPL", g_strerror(errno));
+        e->repl[SBX_LANGUAGE_JAVASCRIPT] = NULL;
+        (void)kill(-p->pid, SIGKILL);
+        return;
+    }
+    ctl_write(p, msg, sizeof msg);
 }
 
 GaExec *

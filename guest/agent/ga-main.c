@@ -249,6 +249,9 @@ handle_reseed(GaAgent *a, SbxFrame *frame)
                               .tv_nsec = realtime_ns % 1000000000};
         clock_set = clock_settime(CLOCK_REALTIME, &ts) == 0;
     }
+    /* Only now: the REPL reads the time of the clock just set (OpenSSL's DRBG
+     * reseed interval) and the reseeded CRNG. */
+    ga_exec_reseed(a->exec);
     h = sbx_frame_header_new("ok", frame->id);
     json_object_set_boolean_member(h, "credited", credited);
     json_object_set_boolean_member(h, "clock_set", clock_set);

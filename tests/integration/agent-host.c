@@ -501,14 +501,36 @@ test_misc(SbxGuest *g)
     ok = sbx_guest_ping_finish(g, wait_result(&r), &error);
     g_clear_object(&r);
     OK(ok, "ping");
-    sbx_guest_reseed_async(g, NULL, NULL, sbx_test_store_result, &r);
-    ok = sbx_guest_reseed_finish(g, wait_result(&r), &error);
-    g_clear_object(&r);
-    OK(ok, "reseed with 64 host bytes (%s)", ok ? "ok" : error->message);
     sbx_guest_warm_async(g, SBX_LANGUAGE_JAVASCRIPT, NULL, sbx_test_store_result, &r);
     ok = sbx_guest_warm_finish(g, wait_result(&r), &error);
     g_clear_object(&r);
     OK(ok, "warm javascript");
+    {
+        int c;
+        g_free(simple_exec(g, SBX_LANGUAGE_JAVASCRIPT,
+                           "globalThis.mr0 = Math.random; globalThis.vmr0 = "
+                           "require('vm').runInNewContext('Math.random')",
+                           &c));
+    }
+    sbx_guest_reseed_async(g, NULL, NULL, sbx_test_store_result, &r);
+    ok = sbx_guest_reseed_finish(g, wait_result(&r), &error);
+    g_clear_object(&r);
+    OK(ok, "reseed with 64 host bytes (%s)", ok ? "ok" : error->message);
+    {
+        /* the running node REPL got fresh entropy: new Math.random in the main
+         * context and in vm contexts (the clone case is tests/integration/test-l1-js) */
+        int c;
+        g_autofree char *o = simple_exec(
+            g, SBX_LANGUAGE_JAVASCRIPT,
+            "const vm = require('vm'), cx = vm.createContext(), xs = [0, 1, 2].map(Math.random);\n"
+            "const vr = vm.runInContext('Math.random', cx);\n"
+            "console.log(Math.random !== mr0, Math.random.name, xs.every((x) => x >= 0 && x < 1),\n"
+            "  new Set(xs).size, vr !== vmr0 && vr.name === 'random' && vr !== Math.random,\n"
+            "  vm.runInContext('Math.random() < 1', cx))",
+            &c);
+        OK(c == 0 && g_str_equal(o, "true random true 3 true true\n"),
+           "after a reseed the javascript REPL has a new Math.random, in vm contexts too (%s)", o);
+    }
 
     /* One exec at a time: a second one while the first runs is BUSY. */
     {
