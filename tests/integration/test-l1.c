@@ -5,7 +5,10 @@
  * real guest image ($SBX_GUEST_DIR): a cold run schedules a template build;
  * runs restored from it print the right output, get distinct CRNG state after
  * the reseed and do not see each other's files or REPL variables; the template's
- * RAM file is byte-identical after clones ran and idled (no balloon there); a state file
+ * RAM file is byte-identical after clones ran and idled (no balloon there);
+ * javascript VMs restored from their template run in its warm node yet differ
+ * in every random source node has (Math.random, OpenSSL-backed crypto, vm
+ * contexts, workers) and keep the node across a session's execs; a state file
  * corrupted behind the cache's back (same size and mtime) makes the restore
  * fail and the run falls back to a cold boot (l1_hit false, failure counted in
  * Status); SCHEDULERD_L1=0 switches L1 off at run time; the warm pool serves a
@@ -21,6 +24,7 @@
 
 #include <gio/gio.h>
 #include <glib/gstdio.h>
+#include <json-glib/json-glib.h>
 
 #include "scheduler/sbx-admission.h"
 #include "scheduler/sbx-manager.h"
@@ -212,6 +216,67 @@ corrupt_keep_identity(const char *path)
     return ok;
 }
 
+/* The first exec of a restored javascript VM: when its node started (against
+ * the wall clock), the clock, and one value of every random source. */
+#define JS_RANDOM                                                                          \
+    "(async () => {\n"                                                                     \
+    "  const c = require('crypto'), vm = require('vm'), util = require('util');\n"         \
+    "  const { Worker } = require('worker_threads'), s = c.webcrypto.subtle;\n"          \
+    "  const hex = (b) => Buffer.from(b).toString('hex');\n"                               \
+    "  const aes = await s.generateKey({ name: 'AES-GCM', length: 128 }, true, ['encrypt']);\n" \
+    "  const ec = await s.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign']);\n" \
+    "  const worker_math = await new Promise((res, rej) => {\n"                            \
+    "    const w = new Worker('require(\"worker_threads\").parentPort.postMessage(Math.random())',\n" \
+    "                         { eval: true });\n"                                          \
+    "    w.once('message', res); w.once('error', rej);\n"                                 \
+    "  });\n"                                                                              \
+    "  console.log(JSON.stringify({\n"                                                     \
+    "    age_s: (Date.now() - performance.timeOrigin) / 1000, now_ms: Date.now(),\n"      \
+    "    math: Math.random(), math_again: Math.random(),\n"                                \
+    "    bytes: c.randomBytes(16).toString('hex'),\n"                                      \
+    "    bytes_async: (await util.promisify(c.randomBytes)(16)).toString('hex'),\n"        \
+    "    uuid: c.randomUUID(), values: hex(c.getRandomValues(new Uint8Array(16))),\n"      \
+    "    int: c.randomInt(2 ** 47), aes_key: hex(await s.exportKey('raw', aes)),\n"        \
+    "    ec_key: (await s.exportKey('jwk', ec.privateKey)).d,\n"                           \
+    "    vm_math: vm.runInNewContext('Math.random()'), worker_math }));\n"                 \
+    "})()"
+
+static JsonObject *
+js_fields(const Run *r)
+{
+    g_autoptr(JsonParser) p = json_parser_new();
+    if (r->out == NULL || !json_parser_load_from_data(p, r->out, -1, NULL))
+        return NULL;
+    JsonNode *root = json_parser_get_root(p);
+    return root && JSON_NODE_HOLDS_OBJECT(root) ? json_object_ref(json_node_get_object(root))
+                                                : NULL;
+}
+
+static char *
+js_member(JsonObject *o, const char *name)
+{
+    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
+    return n ? json_to_string(n, FALSE) : NULL;
+}
+
+/* One javascript exec in @sess; its stdout (owned), NULL when it failed. */
+static char *
+session_js(SbxManager *mgr, SbxSession *sess, const char *code)
+{
+    g_autoptr(SbxRunSpec) ex = sbx_run_spec_new(sbx_manager_get_config(mgr));
+    g_autoptr(GOutputStream) out = g_memory_output_stream_new_resizable();
+    g_autoptr(GAsyncResult) er = NULL;
+    ex->language = SBX_LANGUAGE_JAVASCRIPT;
+    ex->code = g_bytes_new(code, strlen(code));
+    sbx_session_exec_async(sess, ex, out, NULL, sbx_test_store_result, &er);
+    g_autoptr(SbxRunResult) rr = sbx_session_exec_finish(sess, sbx_test_wait_result(&er), NULL);
+    g_output_stream_close(out, NULL, NULL);
+    if (rr == NULL || rr->exit_code != 0)
+        return NULL;
+    GMemoryOutputStream *m = G_MEMORY_OUTPUT_STREAM(out);
+    return g_strndup(g_memory_output_stream_get_data(m), g_memory_output_stream_get_data_size(m));
+}
+
 int
 main(void)
 {
@@ -241,7 +306,7 @@ main(void)
     cfg->accel = SBX_ACCEL_MODE_TCG;
     g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
 
-    printf("1..23\n");
+    printf("1..36\n");
     g_autoptr(GAsyncResult) started = NULL;
     g_autoptr(GError) error = NULL;
     sbx_manager_start_async(mgr, NULL, sbx_test_store_result, &started);
@@ -334,20 +399,68 @@ main(void)
            ram_sha0 ? ram_sha0 : "-", ram_sha1 ? ram_sha1 : "-");
     }
 
-    /* 9-10: javascript: its template keeps the warm page cache, not the node process,
-     * whose PRNGs would otherwise be cloned into every restored VM */
-    const char *js = "console.log(Math.random(), require('crypto').randomBytes(8).toString('hex'))";
-    run_lang(mgr, SBX_LANGUAGE_JAVASCRIPT, js, &a);
+    /* javascript: the template keeps the warm node REPL, and every clone's random
+     * sources are its own: the driver replaces Math.random on the restore's reseed,
+     * and the template's node started under a clock a day back, so the restore's
+     * clock step reseeds OpenSSL's DRBGs from the reseeded kernel on first use. */
+    run_lang(mgr, SBX_LANGUAGE_JAVASCRIPT, "console.log(1)", &a);
     run_clear(&a);
     gboolean js_built = wait_status(mgr, "l1_builds", 2, 900);
-    run_lang(mgr, SBX_LANGUAGE_JAVASCRIPT, js, &a);
-    run_lang(mgr, SBX_LANGUAGE_JAVASCRIPT, js, &b);
-    OK(js_built && a.result && a.result->l1_hit && b.result && b.result->l1_hit,
-       "javascript runs restore from their own template");
-    OK(a.out && b.out && strlen(a.out) > 20 && g_strcmp0(a.out, b.out) != 0,
-       "two restored javascript VMs differ in Math.random() and crypto.randomBytes()");
+    before_us = g_get_real_time();
+    run_lang(mgr, SBX_LANGUAGE_JAVASCRIPT, JS_RANDOM, &a);
+    run_lang(mgr, SBX_LANGUAGE_JAVASCRIPT, JS_RANDOM, &b);
+    after_us = g_get_real_time();
+    g_autoptr(JsonObject) ja = js_fields(&a);
+    g_autoptr(JsonObject) jb = js_fields(&b);
+    OK(js_built && a.result && a.result->l1_hit && b.result && b.result->l1_hit && ja && jb,
+       "javascript runs restore from their own template and report their random sources");
+    /* a node started by the exec would have started after the restore set the clock */
+    double age_a = ja ? json_object_get_double_member_with_default(ja, "age_s", 0) : 0;
+    double age_b = jb ? json_object_get_double_member_with_default(jb, "age_s", 0) : 0;
+    OK(age_a > 12 * 3600 && age_b > 12 * 3600,
+       "the first exec of a restored VM runs in the template's node, started under its "
+       "day-back clock (process ages %.0f s, %.0f s)",
+       age_a, age_b);
+    double now_a = ja ? json_object_get_double_member_with_default(ja, "now_ms", 0) / 1e3 : 0;
+    OK(now_a >= before_us / 1e6 - 1.0 && now_a <= after_us / 1e6 + 1.0,
+       "Date.now() in the restored node is the host's clock (%.3f, host %.3f..%.3f)", now_a,
+       before_us / 1e6, after_us / 1e6);
+    static const char *const js_sources[] = {
+        "math", "math_again", "bytes", "bytes_async", "uuid", "values", "int",
+        "aes_key", "ec_key", "vm_math", "worker_math",
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(js_sources); i++) {
+        g_autofree char *va = js_member(ja, js_sources[i]);
+        g_autofree char *vb = js_member(jb, js_sources[i]);
+        OK(va && vb && g_strcmp0(va, vb) != 0, "two restored javascript VMs differ in %s (%s, %s)",
+           js_sources[i], va ? va : "-", vb ? vb : "-");
+    }
     run_clear(&a);
     run_clear(&b);
+    /* a restored javascript session keeps its node and state across execs */
+    {
+        g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
+        g_autoptr(GAsyncResult) res = NULL;
+        spec->language = SBX_LANGUAGE_JAVASCRIPT;
+        sbx_manager_create_session_async(mgr, spec, 600, NULL, sbx_test_store_result, &res);
+        g_autoptr(SbxSession) sess =
+            sbx_manager_create_session_finish(mgr, sbx_test_wait_result(&res), NULL);
+        gint64 restore_ms = sess ? sbx_session_get_start_timings(sess)->restore_ms : 0;
+        g_autofree char *o1 = NULL, *o2 = NULL;
+        if (sess) {
+            o1 = session_js(mgr, sess, "globalThis.kept = process.pid; console.log('set')");
+            o2 = session_js(mgr, sess,
+                            "console.log(kept === process.pid, "
+                            "Date.now() - performance.timeOrigin > 12 * 3600e3)");
+            sbx_session_close(sess, SBX_SESSION_CLOSED_BY_CALLER);
+            while (sbx_manager_get_n_sessions(mgr) > 0 || sbx_manager_get_n_vms(mgr) > 0)
+                sbx_test_spin_ms(100);
+        }
+        OK(restore_ms > 0 && g_strcmp0(o1, "set\n") == 0 && g_strcmp0(o2, "true true\n") == 0,
+           "a restored javascript session keeps the template's node and its globals across "
+           "execs (%s)",
+           o2 ? o2 : "-");
+    }
 
     /* 9: SCHEDULERD_L1=0 at run time */
     g_setenv("SCHEDULERD_L1", "0", TRUE);
