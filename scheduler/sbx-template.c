@@ -30,6 +30,7 @@
 #include "common/sbx-fd.h"
 
 #define SBX_TEMPLATE_HOT_GAP_PAGES 16
+#define SBX_TEMPLATE_TOUCH_INTERVAL_US (60 * G_USEC_PER_SEC)
 
 /* ---- key ---------------------------------------------------------------- */
 
@@ -95,6 +96,7 @@ struct _SbxTemplate {
     FileId ram_id, state_id, disk_id;
     GArray *hot; /* guint64 pairs: start page, n pages */
     guint64 hot_bytes;
+    gint64 touched_us; /* monotonic time this process last marked it used, 0: never */
 };
 
 static SbxTemplate *
@@ -389,6 +391,19 @@ template_check(SbxTemplate *t, GError **error)
            file_id_check(t->disk_path, &t->disk_id, error);
 }
 
+/* The metadata's mtime is the entry's last use (the LRU order of
+ * sbx_template_cache_evict_lru, shared by every process using the directory);
+ * bumped at most once a minute per entry and process. */
+static void
+template_touch(SbxTemplate *t)
+{
+    gint64 now = g_get_monotonic_time();
+    if (t->touched_us != 0 && now - t->touched_us < SBX_TEMPLATE_TOUCH_INTERVAL_US)
+        return;
+    t->touched_us = now;
+    (void)utimensat(AT_FDCWD, t->meta_path, NULL, 0);
+}
+
 SbxTemplate *
 sbx_template_cache_lookup(SbxTemplateCache *self, const char *key, GError **error)
 {
@@ -407,42 +422,163 @@ sbx_template_cache_lookup(SbxTemplateCache *self, const char *key, GError **erro
         t = loaded;
     }
     if (!template_check(t, error)) {
+        if (loaded == NULL && !g_file_test(t->meta_path, G_FILE_TEST_EXISTS)) {
+            /* evicted (or removed) by another process: a miss, not damage */
+            g_clear_error(error);
+            g_hash_table_remove(self->entries, key);
+            return NULL;
+        }
         sbx_template_cache_remove(self, key);
         return NULL;
     }
     if (loaded)
         g_hash_table_replace(self->entries, g_strdup(key), sbx_template_ref(loaded));
+    template_touch(t);
     return sbx_template_ref(t);
+}
+
+gboolean
+sbx_template_key_parse(const char *key, SbxLanguage *out_language, guint *out_memory_mb)
+{
+    /* l1-<language>-<memory>m-<16 hex> */
+    g_auto(GStrv) parts = key ? g_strsplit(key, "-", 4) : NULL;
+    SbxLanguage language;
+    guint64 mem = 0;
+    if (parts == NULL || g_strv_length(parts) != 4 || g_strcmp0(parts[0], "l1") != 0 ||
+        !sbx_validate_language(parts[1], &language, NULL) || !g_str_has_suffix(parts[2], "m") ||
+        strlen(parts[3]) != 16)
+        return FALSE;
+    g_autofree char *digits = g_strndup(parts[2], strlen(parts[2]) - 1);
+    if (!g_ascii_string_to_unsigned(digits, 10, 1, G_MAXUINT, &mem, NULL))
+        return FALSE;
+    *out_language = language;
+    *out_memory_mb = (guint)mem;
+    return TRUE;
+}
+
+/* The key of a file name in the cache directory, or NULL. */
+static char *
+key_of_name(const char *name)
+{
+    const char *dot = strchr(name, '.');
+    if (!g_str_has_prefix(name, "l1-") || dot == NULL)
+        return NULL;
+    return g_strndup(name, (gsize)(dot - name));
+}
+
+GStrv
+sbx_template_cache_list_keys(SbxTemplateCache *self)
+{
+    g_autoptr(GDir) d = g_dir_open(self->dir, 0, NULL);
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    const char *n;
+    while (d && (n = g_dir_read_name(d)) != NULL) {
+        char *key = key_of_name(n);
+        if (key)
+            g_hash_table_add(seen, key);
+    }
+    g_autoptr(GStrvBuilder) b = g_strv_builder_new();
+    GHashTableIter it;
+    gpointer k;
+    g_hash_table_iter_init(&it, seen);
+    while (g_hash_table_iter_next(&it, &k, NULL))
+        g_strv_builder_add(b, k);
+    return g_strv_builder_end(b);
+}
+
+typedef struct {
+    char *key;
+    gint64 used_ns; /* the metadata's mtime */
+} Committed;
+
+static void
+committed_clear(Committed *c)
+{
+    g_free(c->key);
+}
+
+static gint
+committed_cmp_used(gconstpointer a, gconstpointer b)
+{
+    const Committed *x = a, *y = b;
+    if (x->used_ns != y->used_ns)
+        return x->used_ns < y->used_ns ? -1 : 1;
+    return strcmp(x->key, y->key);
+}
+
+/* Entries with metadata (the commit point), least recently used first. */
+static GArray *
+list_committed(SbxTemplateCache *self)
+{
+    GArray *out = g_array_new(FALSE, FALSE, sizeof(Committed));
+    g_array_set_clear_func(out, (GDestroyNotify)committed_clear);
+    g_autoptr(GDir) d = g_dir_open(self->dir, 0, NULL);
+    const char *n;
+    while (d && (n = g_dir_read_name(d)) != NULL) {
+        g_autofree char *key = key_of_name(n);
+        struct stat st;
+        if (key == NULL || !g_str_has_suffix(n, ".json") || strlen(n) != strlen(key) + 5)
+            continue;
+        g_autofree char *p = g_build_filename(self->dir, n, NULL);
+        if (stat(p, &st) != 0)
+            continue;
+        Committed c = {g_steal_pointer(&key),
+                       (gint64)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec};
+        g_array_append_val(out, c);
+    }
+    g_array_sort(out, committed_cmp_used);
+    return out;
+}
+
+guint
+sbx_template_cache_count(SbxTemplateCache *self)
+{
+    g_autoptr(GArray) all = list_committed(self);
+    return all->len;
+}
+
+/* Remove @key's whole entry and its lock file unless a build holds the lock
+ * (this process's, or another's: flock). FALSE when it was left alone. */
+static gboolean
+remove_unless_building(SbxTemplateCache *self, const char *key)
+{
+    if (sbx_template_cache_is_building(self, key))
+        return FALSE;
+    g_autofree char *lock_path = g_strdup_printf("%s/%s.lock", self->dir, key);
+    g_auto(SbxFd) lock = open(lock_path, O_RDWR | O_CLOEXEC);
+    if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) != 0)
+        return FALSE;
+    sbx_template_cache_remove(self, key);
+    (void)unlink(lock_path);
+    return TRUE;
+}
+
+GStrv
+sbx_template_cache_evict_lru(SbxTemplateCache *self, guint max_entries, const char *keep)
+{
+    g_autoptr(GArray) all = list_committed(self);
+    g_autoptr(GStrvBuilder) gone = g_strv_builder_new();
+    guint left = all->len;
+    for (guint i = 0; i < all->len && left > max_entries; i++) {
+        Committed *c = &g_array_index(all, Committed, i);
+        if (g_strcmp0(c->key, keep) == 0 || !remove_unless_building(self, c->key))
+            continue;
+        g_strv_builder_add(gone, c->key);
+        left--;
+    }
+    return g_strv_builder_end(gone);
 }
 
 guint
 sbx_template_cache_prune(SbxTemplateCache *self, const char *const *keep)
 {
-    g_autoptr(GDir) d = g_dir_open(self->dir, 0, NULL);
-    g_autoptr(GHashTable) gone = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    const char *n;
-    while (d && (n = g_dir_read_name(d)) != NULL) {
-        const char *dot = strchr(n, '.');
-        if (!g_str_has_prefix(n, "l1-") || dot == NULL)
-            continue;
-        g_autofree char *key = g_strndup(n, (gsize)(dot - n));
-        if ((keep && g_strv_contains(keep, key)) || sbx_template_cache_is_building(self, key))
-            continue;
-        g_hash_table_add(gone, g_steal_pointer(&key));
-    }
-    GHashTableIter it;
-    gpointer k;
+    g_auto(GStrv) keys = sbx_template_cache_list_keys(self);
     guint removed = 0;
-    g_hash_table_iter_init(&it, gone);
-    while (g_hash_table_iter_next(&it, &k, NULL)) {
-        /* not while another process builds it */
-        g_autofree char *lock_path = g_strdup_printf("%s/%s.lock", self->dir, (char *)k);
-        g_auto(SbxFd) lock = open(lock_path, O_RDWR | O_CLOEXEC);
-        if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) != 0)
+    for (guint i = 0; keys[i]; i++) {
+        if (keep && g_strv_contains(keep, keys[i]))
             continue;
-        sbx_template_cache_remove(self, k);
-        (void)unlink(lock_path);
-        removed++;
+        if (remove_unless_building(self, keys[i])) /* not while any process builds it */
+            removed++;
     }
     return removed;
 }

@@ -44,6 +44,9 @@ typedef struct {
 
 /* "l1-<language>-<memory>m-<16 hex>". */
 char *sbx_template_compute_key(const SbxTemplateKeyInput *in, GError **error);
+/* The language and memory size a key names; FALSE if @key is not one. */
+gboolean sbx_template_key_parse(const char *key, SbxLanguage *out_language,
+                                guint *out_memory_mb);
 
 typedef struct _SbxTemplate SbxTemplate;
 
@@ -78,8 +81,10 @@ SbxTemplateCache *sbx_template_cache_new(const char *dir, GError **error);
 const char *sbx_template_cache_get_dir(SbxTemplateCache *self);
 
 /* A committed template for @key whose files still have the size and identity
- * recorded when it was written, or NULL: a miss (no error) or an invalid entry
- * (error set; the entry was removed so the next build replaces it). */
+ * recorded when it was written, or NULL: a miss (no error; also when another
+ * process evicted it) or an invalid entry (error set; the entry was removed so
+ * the next build replaces it). A hit marks the entry used (its metadata's
+ * mtime, at most once a minute): the LRU order of evict_lru. */
 SbxTemplate *sbx_template_cache_lookup(SbxTemplateCache *self, const char *key, GError **error);
 /* Forget and delete @key's entry (after a restore from it failed). */
 void sbx_template_cache_remove(SbxTemplateCache *self, const char *key);
@@ -87,6 +92,15 @@ void sbx_template_cache_remove(SbxTemplateCache *self, const char *key);
  * process is building: templates of an older image, QEMU or config. Returns
  * how many were removed. */
 guint sbx_template_cache_prune(SbxTemplateCache *self, const char *const *keep);
+/* Every key with a file in the directory (committed or not), unordered. */
+GStrv sbx_template_cache_list_keys(SbxTemplateCache *self);
+/* Committed entries (with metadata) in the directory. */
+guint sbx_template_cache_count(SbxTemplateCache *self);
+/* Remove least recently used entries, each whole (metadata first, then its
+ * files and lock), until at most @max_entries committed ones remain; never
+ * @keep nor an entry some process is building (its flock is held). Returns
+ * the removed keys. */
+GStrv sbx_template_cache_evict_lru(SbxTemplateCache *self, guint max_entries, const char *keep);
 /* TRUE while this process builds @key. */
 gboolean sbx_template_cache_is_building(SbxTemplateCache *self, const char *key);
 

@@ -6,7 +6,10 @@
  * written here the way a build commits them) is found, and rejected and
  * removed when a file's size or identity changed; an entry without metadata
  * (a crash mid-commit) is a miss; a malformed metadata file is rejected;
- * prune removes other keys only.
+ * prune removes other keys only; keys parse back to language and memory;
+ * evict_lru removes least recently used whole entries (a hit marks one used),
+ * never the one to keep nor one whose build lock is held, and an entry evicted
+ * by another process is a miss, not an error.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,7 +20,9 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <glib/gstdio.h>
@@ -258,6 +263,121 @@ test_prune(void **state)
     assert_non_null(t);
 }
 
+static void
+test_key_parse(void **state)
+{
+    Fixture *f = *state;
+    SbxTemplateKeyInput in = base_input(f);
+    in.language = SBX_LANGUAGE_JAVASCRIPT;
+    in.memory_mb = 1536;
+    g_autofree char *k = key_of(&in);
+    SbxLanguage language = SBX_LANGUAGE_PYTHON;
+    guint mem = 0;
+    assert_true(sbx_template_key_parse(k, &language, &mem));
+    assert_int_equal(language, SBX_LANGUAGE_JAVASCRIPT);
+    assert_int_equal(mem, 1536);
+    const char *bad[] = {"l1-python-512-0123456789abcdef", "l1-ruby-512m-0123456789abcdef",
+                         "l1-python-512m-0123", "x1-python-512m-0123456789abcdef",
+                         "l1-python-m-0123456789abcdef", "l1-python-0m-0123456789abcdef", ""};
+    for (gsize i = 0; i < G_N_ELEMENTS(bad); i++)
+        assert_false(sbx_template_key_parse(bad[i], &language, &mem));
+}
+
+static void
+set_used(const char *dir, const char *key, time_t when)
+{
+    g_autofree char *p = g_strdup_printf("%s/%s.json", dir, key);
+    struct timespec ts[2] = {{when, 0}, {when, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
+}
+
+static guint
+files_of(const char *dir, const char *key)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *n;
+    guint c = 0;
+    while (d && (n = g_dir_read_name(d)))
+        c += g_str_has_prefix(n, key);
+    return c;
+}
+
+/* Least recently used whole entries go first; a hit marks an entry used; the
+ * entry to keep and one whose build lock another process holds stay. */
+static void
+test_evict_lru(void **state)
+{
+    Fixture *f = *state;
+    g_autoptr(GError) error = NULL;
+    g_autoptr(SbxTemplateCache) cache = sbx_template_cache_new(f->cache_dir, &error);
+    const char *a = "l1-python-512m-aaaaaaaaaaaaaaaa";
+    const char *b = "l1-python-384m-bbbbbbbbbbbbbbbb";
+    const char *c = "l1-raw-512m-cccccccccccccccc";
+    const char *d = "l1-javascript-1024m-dddddddddddddddd";
+    commit_entry(f->cache_dir, a, TRUE);
+    commit_entry(f->cache_dir, b, TRUE);
+    commit_entry(f->cache_dir, c, TRUE);
+    commit_entry(f->cache_dir, d, FALSE); /* no metadata: not an entry, not counted */
+    put(f->cache_dir, a, "lock", 0);
+    time_t now = time(NULL);
+    set_used(f->cache_dir, a, now - 300); /* oldest */
+    set_used(f->cache_dir, b, now - 200);
+    set_used(f->cache_dir, c, now - 100);
+    assert_int_equal(sbx_template_cache_count(cache), 3);
+    g_auto(GStrv) keys = sbx_template_cache_list_keys(cache);
+    assert_int_equal(g_strv_length(keys), 4);
+
+    /* a hit makes a the most recently used */
+    g_autoptr(SbxTemplate) ta = sbx_template_cache_lookup(cache, a, &error);
+    assert_non_null(ta);
+    g_auto(GStrv) none = sbx_template_cache_evict_lru(cache, 3, NULL);
+    assert_int_equal(g_strv_length(none), 0);
+    g_auto(GStrv) gone = sbx_template_cache_evict_lru(cache, 2, NULL);
+    assert_int_equal(g_strv_length(gone), 1);
+    assert_string_equal(gone[0], b);
+    assert_int_equal(files_of(f->cache_dir, b), 0); /* whole: ram, state, disk, json */
+    assert_int_equal(files_of(f->cache_dir, a), 5); /* + its lock */
+    assert_int_equal(sbx_template_cache_count(cache), 2);
+    assert_null(sbx_template_cache_lookup(cache, b, &error));
+    assert_null(error);
+
+    /* @keep stays even when it is the least recently used */
+    set_used(f->cache_dir, c, now - 1000);
+    g_auto(GStrv) gone2 = sbx_template_cache_evict_lru(cache, 1, c);
+    assert_int_equal(g_strv_length(gone2), 1);
+    assert_string_equal(gone2[0], a);
+    assert_int_equal(files_of(f->cache_dir, a), 0);
+    /* a was looked up here before: its next lookup is a miss, not an error */
+    assert_null(sbx_template_cache_lookup(cache, a, &error));
+    assert_null(error);
+
+    /* an entry whose lock another process holds (a rebuild) is left alone */
+    commit_entry(f->cache_dir, b, TRUE);
+    set_used(f->cache_dir, b, now - 5000);
+    g_autofree char *lock_path = g_strdup_printf("%s/%s.lock", f->cache_dir, b);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    assert_true(lock >= 0);
+    assert_int_equal(flock(lock, LOCK_EX | LOCK_NB), 0);
+    g_auto(GStrv) gone3 = sbx_template_cache_evict_lru(cache, 1, NULL);
+    assert_int_equal(g_strv_length(gone3), 1);
+    assert_string_equal(gone3[0], c);
+    assert_true(exists(f->cache_dir, b, "json"));
+    close(lock);
+    g_auto(GStrv) gone4 = sbx_template_cache_evict_lru(cache, 1, NULL);
+    assert_int_equal(g_strv_length(gone4), 0); /* one left: nothing to do */
+    assert_true(exists(f->cache_dir, b, "json"));
+
+    /* another process evicting an entry this one has cached: a miss, no error */
+    g_autoptr(SbxTemplateCache) other = sbx_template_cache_new(f->cache_dir, &error);
+    g_autoptr(SbxTemplate) tb = sbx_template_cache_lookup(cache, b, &error);
+    assert_non_null(tb);
+    commit_entry(f->cache_dir, c, TRUE);
+    g_auto(GStrv) gone5 = sbx_template_cache_evict_lru(other, 1, c);
+    assert_int_equal(g_strv_length(gone5), 1);
+    assert_null(sbx_template_cache_lookup(cache, b, &error));
+    assert_null(error);
+}
+
 int
 main(void)
 {
@@ -265,6 +385,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_key_inputs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_identity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prune, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_parse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_evict_lru, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
