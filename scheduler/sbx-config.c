@@ -51,6 +51,14 @@ sbx_config_new_default(void)
     cfg->bypass_limit = 8;
     cfg->lookahead = 64;
     cfg->session_idle_timeout_s = 300;
+    cfg->warm_pool_python = 1;
+    cfg->warm_pool_javascript = 1;
+    cfg->warm_pool_raw = 1;
+    cfg->l1 = TRUE;
+    cfg->l1_prefetch = TRUE;
+    cfg->l1_prestart = 1;
+    cfg->l1_build_drain_s = 20;
+    cfg->l1_max_templates = 8;
     return cfg;
 }
 
@@ -129,6 +137,14 @@ static const KeyDesc keys[] = {
     UINT("admission", "bypass_limit", bypass_limit, 0, 1 << 16),
     UINT("admission", "lookahead", lookahead, 1, 1 << 16),
     UINT("session", "idle_timeout_s", session_idle_timeout_s, 1, 86400),
+    UINT("pool", "warm_pool_python", warm_pool_python, 0, SBX_CONFIG_MAX_WARM_POOL),
+    UINT("pool", "warm_pool_javascript", warm_pool_javascript, 0, SBX_CONFIG_MAX_WARM_POOL),
+    UINT("pool", "warm_pool_raw", warm_pool_raw, 0, SBX_CONFIG_MAX_WARM_POOL),
+    BOOL("pool", "l1", l1),
+    BOOL("pool", "l1_prefetch", l1_prefetch),
+    UINT("pool", "l1_prestart", l1_prestart, 0, SBX_CONFIG_MAX_L1_PRESTART),
+    UINT("pool", "l1_build_drain_s", l1_build_drain_s, 0, SBX_CONFIG_MAX_L1_BUILD_DRAIN_S),
+    UINT("pool", "l1_max_templates", l1_max_templates, 1, 256),
 };
 
 static const KeyDesc *
@@ -162,13 +178,14 @@ apply_key(SbxConfig *cfg, GKeyFile *kf, const KeyDesc *d, GError **error)
         return sbx_accel_mode_parse(g_strstrip(v), (SbxAccelMode *)field, error);
     }
     case K_UINT: {
+        g_autofree char *raw = g_key_file_get_value(kf, d->group, d->key, NULL);
         guint64 v = g_key_file_get_uint64(kf, d->group, d->key, &local);
-        if (local)
+        if (local && !g_error_matches(local, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE))
             break;
-        if (v < d->min || v > d->max) {
+        if (local || (raw && strchr(raw, '-')) || v < d->min || v > d->max) {
             g_set_error(error, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,
-                        "[%s] %s = %" G_GUINT64_FORMAT " is outside %.0f..%.0f", d->group, d->key,
-                        v, d->min, d->max);
+                        "[%s] %s = %s is outside %.0f..%.0f", d->group, d->key,
+                        raw ? g_strstrip(raw) : "", d->min, d->max);
             return FALSE;
         }
         *(guint *)field = (guint)v;
@@ -188,6 +205,13 @@ apply_key(SbxConfig *cfg, GKeyFile *kf, const KeyDesc *d, GError **error)
     }
     case K_BOOL: {
         gboolean v = g_key_file_get_boolean(kf, d->group, d->key, &local);
+        if (g_error_matches(local, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE)) {
+            g_autofree char *raw = g_key_file_get_value(kf, d->group, d->key, NULL);
+            g_set_error(error, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,
+                        "[%s] %s = %s is not one of true, false", d->group, d->key,
+                        raw ? raw : "");
+            return FALSE;
+        }
         if (local)
             break;
         *(gboolean *)field = v;

@@ -2,7 +2,9 @@
  *
  * schedulerd configuration: defaults, the key-file (data/schedulerd.conf
  * documents every key), environment overrides (SCHEDULERD_ACCEL, SBX_GUEST_DIR)
- * and command-line overrides applied on top by main.c / schedulerctl.
+ * and command-line overrides applied on top by main.c / schedulerctl. The
+ * [pool] values are overridden at run time by SCHEDULERD_L1, ... (read by
+ * sbx-pool at every use, not here).
  */
 #pragma once
 
@@ -15,6 +17,11 @@ typedef enum {
     SBX_ACCEL_MODE_TCG,
     SBX_ACCEL_MODE_KVM,
 } SbxAccelMode;
+
+/* Upper bounds of [pool] values, shared with the environment overrides. */
+#define SBX_CONFIG_MAX_WARM_POOL 16
+#define SBX_CONFIG_MAX_L1_PRESTART 8
+#define SBX_CONFIG_MAX_L1_BUILD_DRAIN_S 600
 
 typedef struct {
     /* [scheduler] */
@@ -50,6 +57,16 @@ typedef struct {
     guint lookahead;                  /* waiters looked at per dispatch pass */
     /* [session] */
     guint session_idle_timeout_s;
+    /* [pool] (docs/snapshots.md; the SCHEDULERD_* variables there override
+     * these at run time) */
+    guint warm_pool_python;      /* ready VMs kept per language; 0 disables it */
+    guint warm_pool_javascript;
+    guint warm_pool_raw;
+    gboolean l1;                 /* L1 templates (lookups, builds, pre-started QEMUs) */
+    gboolean l1_prefetch;        /* hot-page prefetch on restore */
+    guint l1_prestart;           /* pre-started restore targets per language */
+    guint l1_build_drain_s;      /* a shutdown lets a template build finish this long */
+    guint l1_max_templates;      /* template entries kept; least recently used evicted */
 } SbxConfig;
 
 SbxConfig *sbx_config_new_default(void);

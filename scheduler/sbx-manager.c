@@ -278,7 +278,7 @@ probe_cb(GObject *source, GAsyncResult *res, gpointer user_data)
                          .cmdline = self->cmdline, .seed = self->seed, .vms_dir = self->vms_dir,
                          .l1_dir = l1_dir, .qsd = self->qsd, .disks = self->disks,
                          .cgroups = self->cgroups, .admission = self->admission,
-                         .vm_mem_cost = mem, .vm_cpu_cost = cpu};
+                         .vm_mem_cost = mem, .vm_cpu_cost = cpu, .acfg = acfg};
     self->pool = sbx_pool_new(&pdeps, &error);
     if (self->pool == NULL) {
         g_task_return_error(task, error);

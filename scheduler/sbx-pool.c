@@ -20,9 +20,8 @@
 
 #define SBX_POOL_HEALTH_INTERVAL_S 30
 #define SBX_POOL_HEALTH_TIMEOUT_MS 5000
-#define SBX_POOL_DEFAULT_WARM 1
-#define SBX_POOL_MAX_BUILD_FAILURES 3
-#define SBX_POOL_BUILD_DRAIN_S 20 /* a shutdown lets a template build finish this long */
+#define SBX_POOL_MAX_BUILD_FAILURES 3 /* per (language, memory): then no more builds of it */
+#define SBX_POOL_MAX_BUILD_QUEUE 16
 
 typedef struct {
     SbxPool *pool;
@@ -43,7 +42,7 @@ struct _SbxPool {
     GQueue warm[SBX_N_LANGUAGES]; /* PoolVm*, oldest first */
     guint filling[SBX_N_LANGUAGES];
     gboolean used[SBX_N_LANGUAGES];
-    guint build_failures[SBX_N_LANGUAGES];
+    GHashTable *build_failures;   /* build_id(language, memory) -> failures in a row */
     GQueue build_queue;           /* BuildReq* */
     /* pre-started -incoming defer QEMUs, per language, for prestart_tpl[l] */
     SbxTemplate *prestart_tpl[SBX_N_LANGUAGES];
@@ -56,7 +55,7 @@ struct _SbxPool {
     guint health_timer;
     guint64 serial;
     /* Status */
-    guint64 l1_hits, l1_restore_failures, l1_invalid, l1_builds, l1_build_failures;
+    guint64 l1_hits, l1_restore_failures, l1_invalid, l1_builds, l1_build_failures, l1_evictions;
     guint64 warm_hits, warm_misses, warm_evictions, warm_health_failures, warm_fill_failures;
     gboolean shutting_down;
     guint destroys_running;
@@ -78,23 +77,81 @@ static char *template_key(SbxPool *self, SbxLanguage language, guint memory_mb, 
 static void shutdown_check(SbxPool *self);
 
 /* ---- switches ------------------------------------------------------------ */
+/* [pool] of the config file, overridden by the environment at every use (no
+ * restart): an unset or empty variable leaves the config's value. */
 
 static gboolean
-env_off(const char *name)
+env_switch(const char *name, gboolean cfg_value)
 {
     const char *v = g_getenv(name);
-    return v && (g_str_equal(v, "0") || g_ascii_strcasecmp(v, "off") == 0 ||
-                 g_ascii_strcasecmp(v, "false") == 0);
+    if (v == NULL || *v == '\0')
+        return cfg_value;
+    return !(g_str_equal(v, "0") || g_ascii_strcasecmp(v, "off") == 0 ||
+             g_ascii_strcasecmp(v, "false") == 0);
 }
 
 static guint
-warm_target(void)
+env_uint(const char *name, guint cfg_value, guint max)
 {
-    const char *v = g_getenv("SCHEDULERD_WARM_POOL");
+    const char *v = g_getenv(name);
     if (v == NULL || *v == '\0')
-        return SBX_POOL_DEFAULT_WARM;
-    guint64 n = g_ascii_strtoull(v, NULL, 10);
-    return (guint)MIN(n, 16);
+        return cfg_value;
+    return (guint)MIN(g_ascii_strtoull(v, NULL, 10), max);
+}
+
+static gboolean
+l1_on(SbxPool *self)
+{
+    return env_switch("SCHEDULERD_L1", self->d.cfg->l1);
+}
+
+static gboolean
+prefetch_on(SbxPool *self)
+{
+    return env_switch("SCHEDULERD_L1_PREFETCH", self->d.cfg->l1_prefetch);
+}
+
+static guint
+warm_target(SbxPool *self, SbxLanguage language)
+{
+    const SbxConfig *cfg = self->d.cfg;
+    guint v = language == SBX_LANGUAGE_PYTHON       ? cfg->warm_pool_python
+              : language == SBX_LANGUAGE_JAVASCRIPT ? cfg->warm_pool_javascript
+                                                    : cfg->warm_pool_raw;
+    return env_uint("SCHEDULERD_WARM_POOL", v, SBX_CONFIG_MAX_WARM_POOL);
+}
+
+static guint
+prestart_target(SbxPool *self)
+{
+    return env_uint("SCHEDULERD_L1_PRESTART", self->d.cfg->l1_prestart,
+                    SBX_CONFIG_MAX_L1_PRESTART);
+}
+
+static guint
+build_drain_s(SbxPool *self)
+{
+    return env_uint("SCHEDULERD_L1_BUILD_DRAIN_S", self->d.cfg->l1_build_drain_s,
+                    SBX_CONFIG_MAX_L1_BUILD_DRAIN_S);
+}
+
+/* What a VM of @memory_mb reserves (the default size's is precomputed). */
+static void
+vm_cost(SbxPool *self, guint memory_mb, guint64 *mem, guint64 *cpu)
+{
+    if (memory_mb == self->d.cfg->default_memory_mb) {
+        *mem = self->d.vm_mem_cost;
+        *cpu = self->d.vm_cpu_cost;
+        return;
+    }
+    sbx_admission_config_vm_cost(&self->d.acfg, (guint64)memory_mb << 20, self->d.cfg->vcpus,
+                                 self->d.accel == SBX_ACCEL_TCG, mem, cpu);
+}
+
+static gpointer
+build_id(SbxLanguage language, guint memory_mb)
+{
+    return GUINT_TO_POINTER(((guint)language << 24) | (memory_mb & 0xffffff));
 }
 
 /* ---- construction --------------------------------------------------------- */
@@ -108,18 +165,29 @@ sbx_pool_new(const SbxPoolDeps *deps, GError **error)
     SbxPool *self = g_object_new(SBX_TYPE_POOL, NULL);
     self->d = *deps;
     self->cache = g_steal_pointer(&cache);
-    /* templates of another image / QEMU / config are dead weight: the current
-     * keys are the default-memory ones of each language */
+    /* templates of another image / QEMU / config are dead weight: an entry is
+     * current when its key is what this config computes for its language and
+     * memory size */
     g_autoptr(GPtrArray) keep = g_ptr_array_new_with_free_func(g_free);
-    for (guint l = 0; l < SBX_N_LANGUAGES; l++) {
-        char *k = template_key(self, l, deps->cfg->default_memory_mb, NULL);
-        if (k)
-            g_ptr_array_add(keep, k);
+    g_auto(GStrv) have = sbx_template_cache_list_keys(self->cache);
+    for (guint i = 0; have[i]; i++) {
+        SbxLanguage language;
+        guint memory_mb;
+        if (!sbx_template_key_parse(have[i], &language, &memory_mb))
+            continue;
+        g_autofree char *k = template_key(self, language, memory_mb, NULL);
+        if (g_strcmp0(k, have[i]) == 0)
+            g_ptr_array_add(keep, g_steal_pointer(&k));
     }
     g_ptr_array_add(keep, NULL);
     guint pruned = sbx_template_cache_prune(self->cache, (const char *const *)keep->pdata);
     if (pruned)
         g_info("removed %u stale L1 template(s)", pruned);
+    g_auto(GStrv) evicted =
+        sbx_template_cache_evict_lru(self->cache, deps->cfg->l1_max_templates, NULL);
+    if (evicted[0])
+        g_info("evicted %u L1 template(s) beyond l1_max_templates=%u", g_strv_length(evicted),
+               deps->cfg->l1_max_templates);
     return self;
 }
 
@@ -148,7 +216,7 @@ sbx_pool_fill_vm_params(SbxPool *self, guint memory_mb, SbxVmParams *p)
     p->qemu_cfg.mem_merge = cfg->ksm;
     /* idle memory back to the host; the builder leaves it out wherever guest RAM
      * is a template's file (sbx_qemu_has_balloon) */
-    p->qemu_cfg.balloon = !env_off("SCHEDULERD_BALLOON");
+    p->qemu_cfg.balloon = env_switch("SCHEDULERD_BALLOON", TRUE);
     p->work_format = qsd_overlay_pool_get_format(self->d.disks);
     p->boot_timeout_ms = cfg->boot_timeout_s * 1000;
 }
@@ -165,16 +233,17 @@ cgroup_limits(SbxPool *self, guint memory_mb, guint64 res_mem, SbxCgroupLimits *
         l->mem_high = 0;
 }
 
-/* Admission is idle enough for background work: nobody queued and a
- * default-memory VM fits right now. */
+/* Admission is idle enough for background work: nobody queued and a VM of
+ * @memory_mb fits right now. */
 static gboolean
-admission_idle(SbxPool *self)
+admission_idle(SbxPool *self, guint memory_mb)
 {
     SbxAdmissionStats st = {0};
+    guint64 mem, cpu;
+    vm_cost(self, memory_mb, &mem, &cpu);
     sbx_admission_get_stats(self->d.admission, &st);
-    return st.queue_length == 0 &&
-           st.memory_in_use_bytes + self->d.vm_mem_cost <= st.memory_budget_bytes &&
-           st.cpu_in_use_millis + self->d.vm_cpu_cost <= st.cpu_budget_millis;
+    return st.queue_length == 0 && st.memory_in_use_bytes + mem <= st.memory_budget_bytes &&
+           st.cpu_in_use_millis + cpu <= st.cpu_budget_millis;
 }
 
 static char *
@@ -199,7 +268,10 @@ template_key(SbxPool *self, SbxLanguage language, guint memory_mb, GError **erro
 static void
 build_enqueue(SbxPool *self, SbxLanguage language, guint memory_mb)
 {
-    if (self->build_failures[language] >= SBX_POOL_MAX_BUILD_FAILURES)
+    if (GPOINTER_TO_UINT(g_hash_table_lookup(self->build_failures,
+                                             build_id(language, memory_mb))) >=
+            SBX_POOL_MAX_BUILD_FAILURES ||
+        self->build_queue.length >= SBX_POOL_MAX_BUILD_QUEUE)
         return;
     for (GList *l = self->build_queue.head; l; l = l->next) {
         BuildReq *r = l->data;
@@ -217,7 +289,7 @@ SbxTemplate *
 sbx_pool_l1_lookup(SbxPool *self, SbxLanguage language, guint memory_mb)
 {
     g_autoptr(GError) error = NULL;
-    if (env_off("SCHEDULERD_L1"))
+    if (!l1_on(self))
         return NULL;
     g_autofree char *key = template_key(self, language, memory_mb, &error);
     if (key == NULL) {
@@ -229,7 +301,7 @@ sbx_pool_l1_lookup(SbxPool *self, SbxLanguage language, guint memory_mb)
         self->l1_invalid++;
         g_warning("L1 template %s rejected (rebuilding): %s", key, error->message);
     }
-    if (tpl == NULL && memory_mb == self->d.cfg->default_memory_mb)
+    if (tpl == NULL) /* every memory size gets its own template (l1_max_templates bounds them) */
         build_enqueue(self, language, memory_mb);
     if (tpl && memory_mb == self->d.cfg->default_memory_mb &&
         self->prestart_tpl[language] != tpl) {
@@ -242,7 +314,7 @@ sbx_pool_l1_lookup(SbxPool *self, SbxLanguage language, guint memory_mb)
 void
 sbx_pool_note_cold_boot(SbxPool *self, SbxLanguage language, guint memory_mb)
 {
-    if (!env_off("SCHEDULERD_L1") && memory_mb == self->d.cfg->default_memory_mb)
+    if (l1_on(self))
         build_enqueue(self, language, memory_mb);
 }
 
@@ -328,7 +400,7 @@ sbx_pool_l1_restore_async(SbxPool *self, SbxTemplate *tpl, SbxVm *vm, const SbxV
         g_object_unref(task);
         return;
     }
-    if (!env_off("SCHEDULERD_L1_PREFETCH"))
+    if (prefetch_on(self))
         sbx_template_prefetch(tpl);
     SbxVmParams vp;
     if (p) {
@@ -416,6 +488,24 @@ build_job_done(BuildJob *j)
     g_object_unref(self);
 }
 
+/* Keep at most l1_max_templates entries: drop the least recently used ones
+ * (never @keep, the one just built) and forget pre-start targets among them. */
+static void
+evict_templates(SbxPool *self, const char *keep)
+{
+    g_auto(GStrv) gone =
+        sbx_template_cache_evict_lru(self->cache, self->d.cfg->l1_max_templates, keep);
+    for (guint i = 0; gone[i]; i++) {
+        g_info("evicted L1 template %s (least recently used, l1_max_templates=%u)", gone[i],
+               self->d.cfg->l1_max_templates);
+        self->l1_evictions++;
+        for (guint l = 0; l < SBX_N_LANGUAGES; l++)
+            if (self->prestart_tpl[l] &&
+                g_strcmp0(sbx_template_get_key(self->prestart_tpl[l]), gone[i]) == 0)
+                g_clear_pointer(&self->prestart_tpl[l], sbx_template_unref);
+    }
+}
+
 static void
 built_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 {
@@ -426,11 +516,16 @@ built_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         sbx_template_cache_build_finish(SBX_TEMPLATE_CACHE(source), res, &error);
     if (tpl) {
         self->l1_builds++;
-        self->build_failures[j->req.language] = 0;
+        g_hash_table_remove(self->build_failures, build_id(j->req.language, j->req.memory_mb));
+        evict_templates(self, j->key);
     } else if (!g_error_matches(error, G_IO_ERROR, G_IO_ERROR_BUSY) &&
                !g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CANCELLED)) {
         self->l1_build_failures++;
-        self->build_failures[j->req.language]++;
+        gpointer id = build_id(j->req.language, j->req.memory_mb);
+        g_hash_table_replace(self->build_failures, id,
+                             GUINT_TO_POINTER(GPOINTER_TO_UINT(
+                                                  g_hash_table_lookup(self->build_failures, id)) +
+                                              1));
         g_warning("L1 template build for %s failed: %s", sbx_language_to_string(j->req.language),
                   error->message);
     }
@@ -490,27 +585,43 @@ build_admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 static gboolean
 build_start_one(SbxPool *self)
 {
-    BuildReq *r = g_queue_peek_head(&self->build_queue);
-    if (r == NULL || self->builds_running > 0 || !admission_idle(self))
+    if (self->builds_running > 0)
         return FALSE;
-    g_queue_pop_head(&self->build_queue);
-    g_autoptr(GError) error = NULL;
-    g_autofree char *key = template_key(self, r->language, r->memory_mb, &error);
-    g_autoptr(SbxTemplate) have = key ? sbx_template_cache_lookup(self->cache, key, NULL) : NULL;
-    if (key == NULL || have || sbx_template_cache_is_building(self->cache, key)) {
+    /* The oldest request that needs a build and whose size fits now (a large one
+     * does not hold up the rest). Requests with nothing to build are dropped on
+     * the way: answering TRUE for one would end this kick without a fill. */
+    GList *it = self->build_queue.head;
+    while (it) {
+        GList *next = it->next;
+        BuildReq *r = it->data;
+        g_autofree char *key = template_key(self, r->language, r->memory_mb, NULL);
+        g_autoptr(SbxTemplate) have =
+            key ? sbx_template_cache_lookup(self->cache, key, NULL) : NULL;
+        if (key == NULL || have || sbx_template_cache_is_building(self->cache, key)) {
+            g_queue_delete_link(&self->build_queue, it);
+            g_free(r);
+            it = next;
+            continue;
+        }
+        if (!admission_idle(self, r->memory_mb)) {
+            it = next;
+            continue;
+        }
+        g_queue_delete_link(&self->build_queue, it);
+        BuildJob *j = g_new0(BuildJob, 1);
+        j->pool = g_object_ref(self);
+        j->req = *r;
+        j->key = g_steal_pointer(&key);
         g_free(r);
+        self->builds_running++;
+        g_info("building L1 template %s in the background", j->key);
+        guint64 mem, cpu;
+        vm_cost(self, j->req.memory_mb, &mem, &cpu);
+        sbx_admission_acquire_async(self->d.admission, mem, cpu, 100, self->build_cancellable,
+                                    build_admitted_cb, j);
         return TRUE;
     }
-    BuildJob *j = g_new0(BuildJob, 1);
-    j->pool = g_object_ref(self);
-    j->req = *r;
-    j->key = g_steal_pointer(&key);
-    g_free(r);
-    self->builds_running++;
-    g_info("building L1 template %s in the background", j->key);
-    sbx_admission_acquire_async(self->d.admission, self->d.vm_mem_cost, self->d.vm_cpu_cost, 100,
-                                self->build_cancellable, build_admitted_cb, j);
-    return TRUE;
+    return FALSE;
 }
 
 /* ---- warm pool ----------------------------------------------------------------- */
@@ -813,11 +924,10 @@ fill_admitted_cb(GObject *source, GAsyncResult *res, gpointer user_data)
 static gboolean
 fill_start_one(SbxPool *self)
 {
-    guint target = warm_target();
-    if (target == 0 || self->fills_running > 0 || !admission_idle(self))
+    if (self->fills_running > 0 || !admission_idle(self, self->d.cfg->default_memory_mb))
         return FALSE;
     for (guint l = 0; l < SBX_N_LANGUAGES; l++) {
-        if (!self->used[l] || self->warm[l].length + self->filling[l] >= target)
+        if (!self->used[l] || self->warm[l].length + self->filling[l] >= warm_target(self, l))
             continue;
         Fill *f = g_new0(Fill, 1);
         f->pool = g_object_ref(self);
@@ -853,7 +963,7 @@ sbx_pool_take_warm(SbxPool *self, const SbxRunSpec *spec, SbxReservation **out_r
     }
     if (vm)
         self->warm_hits++;
-    else if (warm_target() > 0)
+    else if (warm_target(self, spec->language) > 0)
         self->warm_misses++;
     /* no refill now: under TCG a restore next to the run's exec slows the exec
      * down; the manager kicks the pool when the run is over */
@@ -1005,23 +1115,14 @@ pre_cgroup_cb(GObject *source, GAsyncResult *res, gpointer user_data)
     pre_setup_done(p);
 }
 
-static guint
-prestart_target(void)
-{
-    const char *v = g_getenv("SCHEDULERD_L1_PRESTART");
-    if (v == NULL || *v == '\0')
-        return 1;
-    return (guint)MIN(g_ascii_strtoull(v, NULL, 10), 8);
-}
-
 static gboolean
 prestart_one(SbxPool *self)
 {
-    if (self->prestarting > 0 || env_off("SCHEDULERD_L1"))
+    if (self->prestarting > 0 || !l1_on(self))
         return FALSE;
     for (guint l = 0; l < SBX_N_LANGUAGES; l++) {
         SbxTemplate *tpl = self->prestart_tpl[l];
-        if (tpl == NULL || self->prestarted[l].length >= prestart_target())
+        if (tpl == NULL || self->prestarted[l].length >= prestart_target(self))
             continue;
         Pre *p = g_new0(Pre, 1);
         p->pool = g_object_ref(self);
@@ -1056,7 +1157,8 @@ sbx_pool_take_prestarted(SbxPool *self, SbxTemplate *tpl, SbxLanguage language)
 {
     PoolVm *pv;
     SbxVm *vm = NULL;
-    if (self->shutting_down)
+    /* pre-started QEMUs have the default memory size: leave them to those runs */
+    if (self->shutting_down || sbx_template_get_memory_mb(tpl) != self->d.cfg->default_memory_mb)
         return NULL;
     while (vm == NULL && (pv = g_queue_pop_head(&self->prestarted[language])) != NULL) {
         pv->taken = TRUE;
@@ -1146,7 +1248,7 @@ pool_kick_now(SbxPool *self)
     if (self->shutting_down)
         return;
     /* templates first: they make every later fill and run fast */
-    if (!env_off("SCHEDULERD_L1") && build_start_one(self))
+    if (l1_on(self) && build_start_one(self))
         return;
     (void)prestart_one(self); /* cheap: no admission, runs beside a fill */
     (void)fill_start_one(self);
@@ -1169,7 +1271,14 @@ sbx_pool_add_status(SbxPool *self, GVariantBuilder *b)
         g_autofree char *k = g_strdup_printf("warm_pool_%s", sbx_language_to_string(l));
         g_variant_builder_add(b, "{sv}", k, g_variant_new_uint32(self->warm[l].length));
     }
-    g_variant_builder_add(b, "{sv}", "warm_pool_target", g_variant_new_uint32(warm_target()));
+    guint target_max = 0;
+    for (guint l = 0; l < SBX_N_LANGUAGES; l++) {
+        g_autofree char *k =
+            g_strdup_printf("warm_pool_target_%s", sbx_language_to_string(l));
+        g_variant_builder_add(b, "{sv}", k, g_variant_new_uint32(warm_target(self, l)));
+        target_max = MAX(target_max, warm_target(self, l));
+    }
+    g_variant_builder_add(b, "{sv}", "warm_pool_target", g_variant_new_uint32(target_max));
     g_variant_builder_add(b, "{sv}", "warm_pool_hits", g_variant_new_uint64(self->warm_hits));
     g_variant_builder_add(b, "{sv}", "warm_pool_misses", g_variant_new_uint64(self->warm_misses));
     g_variant_builder_add(b, "{sv}", "warm_pool_evictions",
@@ -1178,7 +1287,16 @@ sbx_pool_add_status(SbxPool *self, GVariantBuilder *b)
                           g_variant_new_uint64(self->warm_health_failures));
     g_variant_builder_add(b, "{sv}", "warm_pool_fill_failures",
                           g_variant_new_uint64(self->warm_fill_failures));
-    g_variant_builder_add(b, "{sv}", "l1_enabled", g_variant_new_boolean(!env_off("SCHEDULERD_L1")));
+    g_variant_builder_add(b, "{sv}", "l1_enabled", g_variant_new_boolean(l1_on(self)));
+    g_variant_builder_add(b, "{sv}", "l1_prefetch", g_variant_new_boolean(prefetch_on(self)));
+    g_variant_builder_add(b, "{sv}", "l1_prestart_target",
+                          g_variant_new_uint32(prestart_target(self)));
+    g_variant_builder_add(b, "{sv}", "l1_build_drain_s", g_variant_new_uint32(build_drain_s(self)));
+    g_variant_builder_add(b, "{sv}", "l1_max_templates",
+                          g_variant_new_uint32(self->d.cfg->l1_max_templates));
+    g_variant_builder_add(b, "{sv}", "l1_templates",
+                          g_variant_new_uint32(sbx_template_cache_count(self->cache)));
+    g_variant_builder_add(b, "{sv}", "l1_evictions", g_variant_new_uint64(self->l1_evictions));
     g_variant_builder_add(b, "{sv}", "l1_hits", g_variant_new_uint64(self->l1_hits));
     g_variant_builder_add(b, "{sv}", "l1_restore_failures",
                           g_variant_new_uint64(self->l1_restore_failures));
@@ -1242,12 +1360,8 @@ sbx_pool_shutdown_async(SbxPool *self, GAsyncReadyCallback callback, gpointer us
     }
     /* A template build in flight may finish (the next start, or the next
      * `schedulerctl run --embedded`, restores from it), within a bound. */
-    if (self->builds_running > 0) {
-        const char *v = g_getenv("SCHEDULERD_L1_BUILD_DRAIN_S");
-        guint drain = v && *v ? (guint)MIN(g_ascii_strtoull(v, NULL, 10), 600)
-                              : SBX_POOL_BUILD_DRAIN_S;
-        self->drain_timer = g_timeout_add_seconds(drain, drain_timeout_cb, self);
-    }
+    if (self->builds_running > 0)
+        self->drain_timer = g_timeout_add_seconds(build_drain_s(self), drain_timeout_cb, self);
     shutdown_check(self);
 }
 
@@ -1277,6 +1391,7 @@ sbx_pool_dispose(GObject *object)
     }
     g_queue_clear_full(&self->build_queue, g_free);
     g_clear_object(&self->cache);
+    g_clear_pointer(&self->build_failures, g_hash_table_unref);
     G_OBJECT_CLASS(sbx_pool_parent_class)->dispose(object);
 }
 
@@ -1299,6 +1414,7 @@ sbx_pool_init(SbxPool *self)
         g_queue_init(&self->prestarted[l]);
     }
     g_queue_init(&self->build_queue);
+    self->build_failures = g_hash_table_new(g_direct_hash, g_direct_equal);
 }
 
 static void

@@ -8,8 +8,13 @@
  * The manager calls the short hooks below from its run path; the pool never
  * starves real requests: it fills only while the admission queue is empty and
  * an idle pooled VM is evicted when a request finds no capacity.
- * Run-time switches (read at every use, no restart): SCHEDULERD_L1=0,
- * SCHEDULERD_L1_PREFETCH=0, SCHEDULERD_WARM_POOL=<n per language> (0 = off).
+ * Sizes and switches come from [pool] of the config; the environment
+ * overrides them at every use (no restart): SCHEDULERD_L1=0|1,
+ * SCHEDULERD_L1_PREFETCH=0|1, SCHEDULERD_WARM_POOL=<n per language> (0 = off),
+ * SCHEDULERD_L1_PRESTART=<n>, SCHEDULERD_L1_BUILD_DRAIN_S=<s>.
+ * Templates exist per (language, memory size), bounded by l1_max_templates
+ * (least recently used evicted); the warm pool and pre-started QEMUs serve the
+ * default memory size only.
  */
 #pragma once
 
@@ -39,6 +44,7 @@ typedef struct {
     SbxCgroupManager *cgroups;
     SbxAdmission *admission;
     guint64 vm_mem_cost, vm_cpu_cost; /* admission cost of a default-memory VM */
+    SbxAdmissionConfig acfg;          /* the cost of other sizes (template builds) */
 } SbxPoolDeps;
 
 #define SBX_TYPE_POOL (sbx_pool_get_type())
@@ -50,8 +56,8 @@ SbxPool *sbx_pool_new(const SbxPoolDeps *deps, GError **error);
 void sbx_pool_fill_vm_params(SbxPool *self, guint memory_mb, SbxVmParams *p);
 
 /* ---- L1 ---- */
-/* The template for this run, or NULL (SCHEDULERD_L1=0, none yet: a build is
- * scheduled in the background, or invalid: counted). */
+/* The template for this run's language and memory size, or NULL (L1 off,
+ * none yet: a build is scheduled in the background, or invalid: counted). */
 SbxTemplate *sbx_pool_l1_lookup(SbxPool *self, SbxLanguage language, guint memory_mb);
 /* @p (from fill_vm_params) turned into a restore of @tpl. */
 void sbx_pool_l1_vm_params(SbxPool *self, SbxTemplate *tpl, SbxVmParams *p);
@@ -62,10 +68,11 @@ void sbx_pool_take_disk_async(SbxPool *self, SbxTemplate *tpl, const char *dest,
                               gpointer user_data);
 gboolean sbx_pool_take_disk_finish(SbxPool *self, GAsyncResult *result, GError **error);
 /* A pre-started -incoming defer QEMU for @tpl (its disk, cgroup and run dir
- * ready; SCHEDULERD_L1_PRESTART=<n> per language, default 1), or NULL. */
+ * ready; l1_prestart / SCHEDULERD_L1_PRESTART per language, default 1; default
+ * memory only), or NULL. */
 SbxVm *sbx_pool_take_prestarted(SbxPool *self, SbxTemplate *tpl, SbxLanguage language);
-/* Restore @vm (NEW, or pre-started: @p may then be NULL) from @tpl with @p; starts the prefetch unless
- * SCHEDULERD_L1_PREFETCH=0. */
+/* Restore @vm (NEW, or pre-started: @p may then be NULL) from @tpl with @p; starts the prefetch
+ * unless l1_prefetch is off. */
 void sbx_pool_l1_restore_async(SbxPool *self, SbxTemplate *tpl, SbxVm *vm, const SbxVmParams *p,
                                GCancellable *cancellable, GAsyncReadyCallback callback,
                                gpointer user_data);
@@ -74,7 +81,7 @@ gboolean sbx_pool_l1_restore_finish(SbxPool *self, GAsyncResult *result, GError 
  * the failure came from its files. */
 void sbx_pool_l1_restore_failed(SbxPool *self, SbxTemplate *tpl, const GError *error);
 void sbx_pool_l1_hit(SbxPool *self);
-/* A cold boot of @language/@memory_mb happened: schedule the template build. */
+/* A cold boot of @language/@memory_mb happened: schedule that key's template build. */
 void sbx_pool_note_cold_boot(SbxPool *self, SbxLanguage language, guint memory_mb);
 SbxTemplateCache *sbx_pool_get_template_cache(SbxPool *self);
 

@@ -2,7 +2,8 @@
  *
  * Unit tests of scheduler/sbx-config and scheduler/sbx-run: the documented
  * default config parses to the built-in defaults, values and ranges are
- * applied, unknown keys are refused; run specs validate and survive the a{sv}
+ * applied, unknown keys are refused, [pool] errors name the key and the allowed
+ * range; run specs validate and survive the a{sv}
  * round trip; results map to a{sv} and back.
  */
 #include <setjmp.h>
@@ -40,6 +41,108 @@ test_documented_defaults(void **state)
     assert_true(cfg->memory_overcommit_ratio == 5.0);
     assert_true(cfg->cpu_overcommit_ratio == 2.0);
     assert_int_equal(cfg->accel, SBX_ACCEL_MODE_AUTO);
+    /* [pool]: what data/schedulerd.conf documents is what sbx_config_new_default sets */
+    g_autoptr(SbxConfig) def = sbx_config_new_default();
+    assert_int_equal(cfg->warm_pool_python, 1);
+    assert_int_equal(cfg->warm_pool_javascript, 1);
+    assert_int_equal(cfg->warm_pool_raw, 1);
+    assert_true(cfg->l1);
+    assert_true(cfg->l1_prefetch);
+    assert_int_equal(cfg->l1_prestart, 1);
+    assert_int_equal(cfg->l1_build_drain_s, 20);
+    assert_int_equal(cfg->l1_max_templates, 8);
+    assert_int_equal(def->warm_pool_python, cfg->warm_pool_python);
+    assert_int_equal(def->l1_max_templates, cfg->l1_max_templates);
+}
+
+/* The documented file with every commented-out "#key=value" of [pool] made
+ * active parses to the same values (the comments are the defaults). */
+static void
+test_documented_pool_keys_active(void **state)
+{
+    g_autofree char *path = g_build_filename(g_getenv("top_srcdir"), "data", "schedulerd.conf", NULL);
+    g_autofree char *text = NULL;
+    assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    char *pool = strstr(text, "\n[pool]\n");
+    assert_non_null(pool);
+    g_auto(GStrv) lines = g_strsplit(pool, "\n", -1);
+    g_autoptr(GString) active = g_string_new(NULL);
+    guint keys = 0;
+    for (guint i = 0; lines[i]; i++) {
+        const char *l = lines[i];
+        if (l[0] == '#' && l[1] != ' ' && l[1] != '\0' && strchr(l, '=')) {
+            g_string_append_printf(active, "%s\n", l + 1);
+            keys++;
+        } else {
+            g_string_append_printf(active, "%s\n", l);
+        }
+    }
+    assert_int_equal(keys, 8);
+    g_autofree char *p = write_tmp(active->str);
+    g_autoptr(SbxConfig) cfg = sbx_config_new_default();
+    g_autoptr(GError) error = NULL;
+    assert_true(sbx_config_load_file(cfg, p, &error));
+    assert_int_equal(cfg->warm_pool_raw, 1);
+    assert_int_equal(cfg->l1_build_drain_s, 20);
+    unlink(p);
+}
+
+static void
+test_pool_keys(void **state)
+{
+    g_autofree char *good = write_tmp("[pool]\nwarm_pool_python=0\nwarm_pool_javascript=3\n"
+                                      "warm_pool_raw=16\nl1=false\nl1_prefetch=off\n"
+                                      "l1_prestart=0\nl1_build_drain_s=600\nl1_max_templates=1\n");
+    g_autoptr(SbxConfig) cfg = sbx_config_new_default();
+    g_autoptr(GError) error = NULL;
+    /* GKeyFile booleans are true/false (also 1/0); "off" is not one */
+    assert_false(sbx_config_load_file(cfg, good, &error));
+    assert_non_null(strstr(error->message, "[pool] l1_prefetch = off is not one of true, false"));
+    g_clear_error(&error);
+    unlink(good);
+    g_autofree char *good2 = write_tmp("[pool]\nwarm_pool_python=0\nwarm_pool_javascript=3\n"
+                                       "warm_pool_raw=16\nl1=false\nl1_prefetch=0\n"
+                                       "l1_prestart=0\nl1_build_drain_s=600\n"
+                                       "l1_max_templates=1\n");
+    g_autoptr(SbxConfig) c2 = sbx_config_new_default();
+    assert_true(sbx_config_load_file(c2, good2, &error));
+    assert_int_equal(c2->warm_pool_python, 0);
+    assert_int_equal(c2->warm_pool_javascript, 3);
+    assert_int_equal(c2->warm_pool_raw, 16);
+    assert_false(c2->l1);
+    assert_false(c2->l1_prefetch);
+    assert_int_equal(c2->l1_prestart, 0);
+    assert_int_equal(c2->l1_build_drain_s, 600);
+    assert_int_equal(c2->l1_max_templates, 1);
+    unlink(good2);
+
+    /* out of range: the error names the key and the allowed range */
+    struct {
+        const char *text, *message;
+    } bad[] = {
+        {"[pool]\nwarm_pool_python=17\n", "[pool] warm_pool_python = 17 is outside 0..16"},
+        {"[pool]\nwarm_pool_javascript=100\n", "[pool] warm_pool_javascript = 100 is outside 0..16"},
+        {"[pool]\nwarm_pool_raw=-1\n", "[pool] warm_pool_raw = -1 is outside 0..16"},
+        {"[pool]\nl1_prestart=9\n", "[pool] l1_prestart = 9 is outside 0..8"},
+        {"[pool]\nl1_build_drain_s=601\n", "[pool] l1_build_drain_s = 601 is outside 0..600"},
+        {"[pool]\nl1_max_templates=0\n", "[pool] l1_max_templates = 0 is outside 1..256"},
+        {"[pool]\nl1_max_templates=257\n", "[pool] l1_max_templates = 257 is outside 1..256"},
+        {"[pool]\nl1=maybe\n", "[pool] l1 = maybe is not one of true, false"},
+        {"[pool]\nwarm_pool_python=two\n", "[pool] warm_pool_python = two is outside 0..16"},
+        {"[pool]\nwarm_pool=1\n", "unknown key [pool] warm_pool"},
+    };
+    for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autofree char *p = write_tmp(bad[i].text);
+        g_autoptr(SbxConfig) c = sbx_config_new_default();
+        g_autoptr(GError) e = NULL;
+        assert_false(sbx_config_load_file(c, p, &e));
+        assert_non_null(e);
+        if (strstr(e->message, bad[i].message) == NULL)
+            fail_msg("%s: got \"%s\"", bad[i].text, e->message);
+        assert_non_null(strstr(e->message, p)); /* says which file */
+        assert_int_equal(c->warm_pool_python, 1); /* a refused value is not applied */
+        unlink(p);
+    }
 }
 
 static void
@@ -199,6 +302,8 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_documented_defaults),
+        cmocka_unit_test(test_documented_pool_keys_active),
+        cmocka_unit_test(test_pool_keys),
         cmocka_unit_test(test_values_and_errors),
         cmocka_unit_test(test_env_override),
         cmocka_unit_test(test_run_spec_validation),
