@@ -306,7 +306,7 @@ main(void)
     cfg->accel = SBX_ACCEL_MODE_TCG;
     g_autoptr(SbxManager) mgr = sbx_manager_new(cfg);
 
-    printf("1..36\n");
+    printf("1..37\n");
     g_autoptr(GAsyncResult) started = NULL;
     g_autoptr(GError) error = NULL;
     sbx_manager_start_async(mgr, NULL, sbx_test_store_result, &started);
