@@ -13,7 +13,7 @@ pkgs=(
   # runtime
   qemu-system-x86 qemu-utils qemu-block-extra passt dbus dbus-daemon dbus-user-session
   # guest image
-  kmod cpio lz4 erofs-utils squashfs-tools busybox-static e2fsprogs binutils
+  kmod cpio lz4 erofs-utils squashfs-tools busybox-static e2fsprogs binutils patchelf
   # tests
   python3 socat xfsprogs util-linux procps iproute2 file openssl
   # benchmarks (make bench): host anchor under bubblewrap, the latency plot

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT
  *
- * sbx-agent: the guest agent. Runs inside the microVM (exec'd by guest/init
- * as PID 1, where it forks and keeps PID 1 as a tiny reaper), finds the
- * virtio-serial port named org.schedulerd.agent.0, and serves the wire
+ * sbx-agent: the guest agent. Runs inside the microVM (started by guest/init,
+ * which stays PID 1 and reaps; exec'd as PID 1 by another init it forks such a
+ * reaper itself), finds the virtio-serial port named org.schedulerd.agent.0,
+ * sends its hello before any other start-up work, and serves the wire
  * protocol of docs/guest-protocol.md (codec in common/sbx-frame.c) on a GLib
  * main loop: transport, reconnect handling and dispatch live here; REPLs and
  * exec in ga-exec.c; file transfer in ga-files.c.
@@ -547,16 +548,8 @@ main(int argc, char **argv)
         fprintf(stderr, "sbx-agent: %s\n", error->message);
         return 2;
     }
-    if (channel_fd < 0) {
-        become_reaper_if_pid1();
-        /* In the VM the OOM killer must pick user code, never the agent. */
-        /* a plain write: g_file_set_contents would try a temp file + rename in /proc */
-        int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-        if (oom < 0 || write(oom, "-1000", 5) != 5)
-            g_warning("cannot protect the agent from the OOM killer: %s", g_strerror(errno));
-        if (oom >= 0)
-            close(oom);
-    }
+    if (channel_fd < 0)
+        become_reaper_if_pid1(); /* guest/init forks and reaps itself: only for other inits */
     signal(SIGPIPE, SIG_IGN);
 
     a->home = g_strdup(home ? home : "/home/user");
@@ -587,12 +580,12 @@ main(int argc, char **argv)
         a->virtio = FALSE;
     } else {
         /* The port appears shortly after boot; the module may still be probing. */
-        for (int i = 0; i < 500; i++) {
+        for (int i = 0; i < 5000; i++) {
             g_clear_error(&error);
             a->fd = open_port(port_name ? port_name : GA_PORT_NAME, &error);
             if (a->fd >= 0 || !g_error_matches(error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND))
                 break;
-            g_usleep(10 * 1000); /* before the loop runs; nothing else to serve yet */
+            g_usleep(1000); /* before the loop runs; nothing else to serve yet */
         }
         if (a->fd < 0) {
             fprintf(stderr, "sbx-agent: %s\n", error->message);
@@ -600,7 +593,18 @@ main(int argc, char **argv)
         }
         a->virtio = TRUE;
     }
+    /* hello first (the loop's first iteration writes it); what follows it does not
+     * need to come before */
     transport_start(a);
+    if (a->virtio) {
+        /* In the VM the OOM killer must pick user code, never the agent. */
+        /* a plain write: g_file_set_contents would try a temp file + rename in /proc */
+        int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (oom < 0 || write(oom, "-1000", 5) != 5)
+            g_warning("cannot protect the agent from the OOM killer: %s", g_strerror(errno));
+        if (oom >= 0)
+            close(oom);
+    }
     g_main_loop_run(a->loop);
 
     stop_watches(a);

@@ -53,7 +53,7 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 hash_stdin() { sha256sum | cut -c1-16; }
 
-for tool in apt-get apt-cache dpkg-deb depmod modprobe lz4 strip objcopy readelf cpio mkfs.erofs mkfs.ext4 debugfs python3 flock; do
+for tool in apt-get apt-cache dpkg-deb depmod modprobe lz4 strip objcopy readelf patchelf cpio mkfs.erofs mkfs.ext4 debugfs python3 flock; do
     command -v "$tool" >/dev/null || die "$tool not found (run ci/deps.sh)"
 done
 
@@ -280,6 +280,85 @@ for name, info in m["files"].items():
 EOF
 }
 
+# The agent lives in the initramfs (RAM: its exec reads nothing from disk, which costs
+# ~150 ms per cold binary under TCG), as /agent/sbx-agent, which init bind-mounts
+# read-only at $agent_dir. An agent whose ELF interpreter is in $agent_dir
+# (sbx-agent-guest) gets that loader and its libraries from the root tree next to it; as
+# it carries GLib inside, the libraries' own GLib dependencies are dropped (patchelf), so
+# that their GLib references bind to the agent's copy, and every symbol they need is
+# checked to be defined. Any other agent (a plain dynamic build) loads its libraries from
+# the root, which must have them.
+agent_dir=/usr/libexec/sbx
+tree_file() { # name: its path in the root tree (symlinks resolved inside the tree)
+    local d p t n
+    for d in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu lib64 lib usr/lib; do
+        p=$tdir/root/$d/$1
+        [ -e "$p" ] || [ -L "$p" ] || continue
+        for n in 1 2 3 4 5 6 7 8; do
+            [ -L "$p" ] || break
+            t=$(readlink "$p")
+            case $t in /*) p=$tdir/root$t ;; *) p=$(dirname "$p")/$t ;; esac
+        done
+        [ -f "$p" ] && { echo "$p"; return 0; }
+    done
+    return 1
+}
+needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+install_agent() { # dir
+    local dir=$1 interp lib dep src queue glib_inside=
+    mkdir -p "$dir"
+    cp "$agent_bin" "$dir/sbx-agent"
+    chmod 0755 "$dir/sbx-agent"
+    interp=$(readelf -l "$agent_bin" | sed -n 's/.*Requesting program interpreter: \(.*\)\]$/\1/p')
+    if [ "${interp%/*}" != "$agent_dir" ]; then
+        for lib in $(needed "$agent_bin"); do
+            tree_file "$lib" >/dev/null || die "agent needs $lib, which no package in packages.list provides"
+        done
+        return 0
+    fi
+    src=$(tree_file "${interp##*/}") || die "no loader ${interp##*/} in the root"
+    cp "$src" "$dir/${interp##*/}"
+    case " $(needed "$agent_bin" | tr '\n' ' ') " in *" libglib-2.0.so.0 "*) ;; *) glib_inside=1 ;; esac
+    queue=$(needed "$agent_bin")
+    while [ -n "$queue" ]; do
+        set -- $queue; lib=$1; shift; queue="$*"
+        [ -e "$dir/$lib" ] && continue
+        src=$(tree_file "$lib") || die "agent needs $lib, which no package in packages.list provides"
+        cp "$src" "$dir/$lib"
+        chmod 0755 "$dir/$lib"
+        for dep in $(needed "$dir/$lib"); do
+            case $glib_inside:$dep in
+                1:libglib-2.0.so.0|1:libgobject-2.0.so.0|1:libgio-2.0.so.0|1:libgmodule-2.0.so.0)
+                    patchelf --remove-needed "$dep" "$dir/$lib" ;;
+                *) queue="$queue $dep" ;;
+            esac
+        done
+    done
+    # Every undefined (non-weak) dynamic symbol of each file is defined by one of them.
+    python3 - "$dir" <<'EOF' || die "the agent's libraries do not resolve"
+import os, re, subprocess, sys
+d = sys.argv[1]
+defined, wanted = set(), {}
+for name in sorted(os.listdir(d)):
+    out = subprocess.run(["readelf", "--dyn-syms", "--wide", os.path.join(d, name)],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 8 or not re.match(r"\d+:$", f[0]):
+            continue
+        sym = f[7].split("@")[0]
+        if f[6] == "UND":
+            if f[4] != "WEAK" and sym:
+                wanted.setdefault(sym, name)
+        elif f[4] in ("GLOBAL", "WEAK", "UNIQUE"):
+            defined.add(sym)
+missing = sorted(s for s in wanted if s not in defined)
+if missing:
+    sys.exit("agent files: undefined symbols: " + ", ".join(
+        "%s (%s)" % (s, wanted[s]) for s in missing[:20]))
+EOF
+}
+
 if [ -f "$idir/manifest.json" ] && verify "$idir"; then
     log "up to date: $ikey (cache hit, verified)"
     touch "$idir"
@@ -298,6 +377,9 @@ else
     chmod 0755 "$ird/init"
     cp "$kdir"/modules/*.ko "$ird/lib/modules/"
     cp "$kdir/modules.list" "$ird/etc/modules.list"
+    if [ -n "$agent_bin" ]; then
+        install_agent "$ird/agent"
+    fi
     (cd "$ird" && find . -mindepth 1 | sort | cpio -o -H newc --quiet --owner=0:0 --reproducible) > "$out/initramfs.cpio"
 
     log "packing rootfs (erofs lz4)..."
@@ -315,19 +397,7 @@ else
     echo sandbox > "$rs/etc/hostname"
     printf '%s\n' 'passwd: files' 'group: files' 'shadow: files' 'hosts: files dns' > "$rs/etc/nsswitch.conf"
     ln -s ../run/resolv.conf "$rs/etc/resolv.conf"   # the agent writes /run/resolv.conf when networking
-    if [ -n "$agent_bin" ]; then
-        # Every library the agent needs must be in the root (no ld.so.cache: search the
-        # loader's default directories).
-        for lib in $(readelf -d "$agent_bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-            found=
-            for d in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu lib64 lib usr/lib; do
-                [ -e "$rs/$d/$lib" ] && { found=1; break; }
-            done
-            [ -n "$found" ] || die "agent needs $lib, which no package in packages.list provides"
-        done
-        cp "$agent_bin" "$rs/usr/libexec/sbx-agent"
-        chmod 0755 "$rs/usr/libexec/sbx-agent"
-    fi
+    mkdir -p "$rs$agent_dir"          # where init bind-mounts the initramfs' /agent
     mkfs.erofs --quiet --all-root -zlz4 -T0 "$out/rootfs.erofs" "$rs"
     rm -rf "$rs"
 

@@ -9,8 +9,9 @@
  * moves /proc /sys /dev there, adds devpts, /dev/shm, tmpfs /tmp and /run, the work disk
  * (ext4) on /home/user or a tmpfs when there is none, switches root, brings up lo, gives
  * the NIC its static address when the host asked for a network (sbx.net=, see
- * docs/networking.md), sets the hardening sysctls and execs /usr/libexec/sbx-agent, which
- * becomes PID 1.
+ * docs/networking.md), sets the hardening sysctls and starts /usr/libexec/sbx/sbx-agent
+ * (from the initramfs, bind-mounted there read-only) in a child; PID 1 then only reaps
+ * and powers off when the agent exits.
  *
  * Talks to: the host only through the serial console (messages prefixed "sbx-init:")
  * and by powering off; the agent (guest/agent) only by exec. On any fatal error it prints
@@ -19,7 +20,7 @@
  *
  * Kernel command line options (all optional):
  *   sbx.debug           print each stage, the mount table and the sysctls
- *   sbx.agent=PATH      exec PATH instead of /usr/libexec/sbx-agent
+ *   sbx.agent=PATH      exec PATH instead of /usr/libexec/sbx/sbx-agent
  *   sbx.tmp_size=SIZE   size of the /tmp tmpfs (tmpfs syntax, default 25%)
  *   sbx.home_size=SIZE  size of the /home/user tmpfs when there is no work disk (default 25%)
  *   sbx.net=ADDR/PREFIX,GW[,DNS]  static IPv4 on the NIC, default route, /run/resolv.conf
@@ -49,10 +50,16 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define SBX_AGENT_PATH  "/usr/libexec/sbx-agent"
+/* The agent, its loader and libraries are in the initramfs under /agent (RAM: exec reads
+ * nothing from disk) and bind-mounted read-only at SBX_AGENT_DIR in the root, where the
+ * agent's ELF interpreter and rpath point (guest/image/build.sh). */
+#define SBX_AGENT_INITRAMFS "/agent"
+#define SBX_AGENT_DIR   "/usr/libexec/sbx"
+#define SBX_AGENT_PATH  SBX_AGENT_DIR "/sbx-agent"
 #define SBX_ROOT_SERIAL "sbx-root"
 #define SBX_WORK_SERIAL "sbx-work"
 #define SBX_NEWROOT     "/newroot"
@@ -110,6 +117,22 @@ power_off(void)
     reboot(RB_POWER_OFF);
     /* Not reached on a working kernel; if it is, PID 1 exiting panics (panic=-1). */
     _exit(1);
+}
+
+/* PID 1 after the agent started: reap every process that ends, power off when the agent
+ * itself does (the host sees QEMU exit). */
+static _Noreturn void
+reap_until_agent_exits(pid_t agent)
+{
+    for (;;) {
+        int status = 0;
+        pid_t pid = waitpid(-1, &status, 0);
+
+        if (pid == agent || (pid < 0 && errno == ECHILD)) {
+            say("agent exited (status 0x%x); powering off", status);
+            power_off();
+        }
+    }
 }
 
 static _Noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -302,6 +325,11 @@ mount_newroot(const char *root_dev, const char *work_dev)
     char opts[128], size[32];
 
     mount_or_die(root_dev, SBX_NEWROOT, "erofs", MS_RDONLY | nsd, NULL);
+    if (access(SBX_AGENT_INITRAMFS, F_OK) == 0) {
+        mount_or_die(SBX_AGENT_INITRAMFS, SBX_NEWROOT SBX_AGENT_DIR, NULL, MS_BIND, NULL);
+        mount_or_die("none", SBX_NEWROOT SBX_AGENT_DIR, NULL,
+                     MS_BIND | MS_REMOUNT | MS_RDONLY | nsd, NULL);
+    }
     /* The work disk first: its /dev node is reachable only until /dev moves. */
     if (work_dev[0]) {
         mount_or_die(work_dev, SBX_NEWROOT "/home/user", "ext4", nsd, "errors=remount-ro");
@@ -501,6 +529,7 @@ int
 main(void)
 {
     long long t_start = boot_ns(), t_modules, t_root;
+    pid_t agent_pid;
     char root_dev[300], work_dev[300], agent[256], boot_env[128];
     char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                           "HOME=/root", "LANG=C.UTF-8", "TERM=linux", boot_env, NULL};
@@ -555,10 +584,20 @@ main(void)
         power_off();
     }
     dbg("exec %s at %.3f s", agent, uptime());
-    /* The boot timeline for the agent's hello (docs/guest-protocol.md): init start,
-     * modules loaded, switch_root done, execve, in CLOCK_BOOTTIME ns. */
-    snprintf(boot_env, sizeof boot_env, "SBX_BOOT_NS=%lld,%lld,%lld,%lld", t_start, t_modules,
-             t_root, boot_ns());
-    execve(agent, (char *const[]){agent, NULL}, envp);
-    fatal("exec %s: %s", agent, strerror(errno));
+    /* PID 1 stays here and only reaps: orphans are re-parented to it, and the agent
+     * waits for its own children. Forking this small static process is cheaper than
+     * the agent forking itself, and the agent does not have to before its hello. */
+    agent_pid = fork();
+    if (agent_pid < 0)
+        fatal("fork: %s", strerror(errno));
+    if (agent_pid == 0) {
+        /* The boot timeline for the agent's hello (docs/guest-protocol.md): init start,
+         * modules loaded, switch_root done, execve, in CLOCK_BOOTTIME ns. */
+        snprintf(boot_env, sizeof boot_env, "SBX_BOOT_NS=%lld,%lld,%lld,%lld", t_start,
+                 t_modules, t_root, boot_ns());
+        execve(agent, (char *const[]){agent, NULL}, envp);
+        say("fatal: exec %s: %s; powering off", agent, strerror(errno));
+        _exit(127);
+    }
+    reap_until_agent_exits(agent_pid);
 }

@@ -158,7 +158,7 @@ def sha256_file(path):
 def rootfs_contents(image, manifest, dest):
     """fsck.erofs --extract the root and check its contents: (ok, name, diagnostics)."""
     name = ("rootfs.erofs extracts cleanly; has python3, Debian node 18, sh, .pyc, user 1000, "
-            "CA certificates, the manifest's agent, no docs")
+            "CA certificates, no docs; the initramfs has the manifest's agent")
     fsck = shutil.which("fsck.erofs")
     if not fsck:
         return False, name, "fsck.erofs not installed (erofs-utils)"
@@ -191,10 +191,20 @@ def rootfs_contents(image, manifest, dest):
     with open(os.path.join(dest, "etc/group")) as f:
         if not any(l.startswith("user:x:1000:") for l in f):
             problems.append("/etc/group has no group 1000")
-    agent = os.path.join(dest, "usr/libexec/sbx-agent")
+    # The agent is in the initramfs (/agent, bind-mounted at /usr/libexec/sbx by init).
+    if not os.path.isdir(os.path.join(dest, "usr/libexec/sbx")):
+        problems.append("no /usr/libexec/sbx (the agent's mount point) in the root")
+    ird = dest + ".initramfs"
+    os.makedirs(ird)
+    with open(os.path.join(image, "initramfs.cpio"), "rb") as cpio_in:
+        r = subprocess.run(["cpio", "-id", "--quiet"], cwd=ird, stdin=cpio_in,
+                           capture_output=True, text=True)
+    if r.returncode != 0:
+        problems.append("cpio -i initramfs.cpio failed: %s" % r.stderr)
+    agent = os.path.join(ird, "agent/sbx-agent")
     if manifest.get("agent_sha256"):
         if not os.path.isfile(agent) or sha256_file(agent) != manifest["agent_sha256"]:
-            problems.append("/usr/libexec/sbx-agent differs from manifest agent_sha256")
+            problems.append("initramfs /agent/sbx-agent differs from manifest agent_sha256")
     elif os.path.lexists(agent):
         problems.append("agent present but manifest says none")
     try:
@@ -293,7 +303,7 @@ def main():
               "without a root disk init reports it and powers off", b.log())
 
         # 9. the image as built: the agent's first bytes arrive on the port, or (image
-        #    without an agent) init reports the missing /usr/libexec/sbx-agent
+        #    without an agent) init reports the missing /usr/libexec/sbx/sbx-agent
         if manifest.get("agent_sha256"):
             b = Boot(image, "", work=work, wait_frame=True)
             hello = first_frame(b.port_data) or {}
@@ -313,8 +323,8 @@ def main():
         else:
             b = Boot(image, "", work=work)
             check(not b.timed_out and b.rc == 0
-                  and any("no agent: /usr/libexec/sbx-agent" in l for l in lines(b.console, "sbx-init:")),
-                  "image without agent: init reaches exec of /usr/libexec/sbx-agent and reports it",
+                  and any("no agent: /usr/libexec/sbx/sbx-agent" in l for l in lines(b.console, "sbx-init:")),
+                  "image without agent: init reaches exec of /usr/libexec/sbx/sbx-agent and reports it",
                   b.log())
 
     sys.exit(0 if all(results) else 1)
