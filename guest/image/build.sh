@@ -19,7 +19,8 @@
 #
 # usage: build.sh --init PATH --out LINK [--agent PATH]
 #   --init   the static PID 1 (guest/init/sbx-init)
-#   --agent  the guest agent, installed as /usr/libexec/sbx-agent (default: $SBX_AGENT;
+#   --agent  the guest agent, put into the initramfs as /agent/sbx-agent, which init
+#            bind-mounts at /usr/libexec/sbx (default: $SBX_AGENT;
 #            without one the image boots to init, which reports the missing agent)
 #   --out    symlink to (re)point at the image directory (e.g. build/guest/image/current)
 # environment: SBX_CACHE_DIR, SBX_AGENT, SBX_NODEJS_VERSION (pin another Debian nodejs),
