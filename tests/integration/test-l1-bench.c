@@ -8,10 +8,12 @@
  * without the hot-page prefetch; and host memory (RSS, PSS from smaps_rollup)
  * of N idle sessions' VMs: cold-booted without the balloon, cold-booted with
  * idle give-back (free page reporting + agent reclaim), L1-restored, and
- * L1-restored with host KSM on (the previous KSM settings are put back); and the
- * cold boot with and without the balloon device, alternated (phase b). Not a
- * test: nothing is asserted; it prints "# key value" lines. Usage:
- *   SBX_GUEST_DIR=... test-l1-bench [runs] [idle-vms] [phases: cltwpkb]
+ * L1-restored with host KSM on (the previous KSM settings are put back); the
+ * cold boot with and without the balloon device, alternated (phase b); and a
+ * non-default memory size ($SBX_BENCH_MEMORY_MB, default 1024), cold boot and
+ * L1 restore from that size's own template alternated run by run (phase m).
+ * Not a test: nothing is asserted; it prints "# key value" lines. Usage:
+ *   SBX_GUEST_DIR=... test-l1-bench [runs] [idle-vms] [phases: cltwpkbm]
  * (make bench-memory runs phases "bk").
  */
 #include <fcntl.h>
@@ -46,10 +48,14 @@ wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
         sbx_test_spin_ms(200);
 }
 
+static guint run_memory_mb; /* 0: the default size */
+
 static SbxRunResult *
 run1(SbxManager *mgr, const char *code)
 {
     g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
+    if (run_memory_mb)
+        spec->memory_mb = run_memory_mb;
     g_autoptr(GAsyncResult) res = NULL;
     g_autoptr(GError) error = NULL;
     spec->code = g_bytes_new(code, strlen(code));
@@ -345,12 +351,53 @@ balloon_boot_ab(SbxManager *mgr, guint n)
     fflush(stdout);
 }
 
+/* Phase m: runs of @memory_mb, cold (SCHEDULERD_L1=0) and L1 alternated. */
+static void
+memory_ab(SbxManager *mgr, guint n, guint memory_mb)
+{
+    run_memory_mb = memory_mb;
+    guint64 builds0 = status_u64(mgr, "l1_builds");
+    g_autoptr(SbxRunResult) first = run1(mgr, "print(1)"); /* schedules that size's build */
+    if (first && !first->l1_hit)
+        wait_status(mgr, "l1_builds", builds0 + 1, 900);
+    g_autoptr(GArray) cold = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_autoptr(GArray) cold_boot = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_autoptr(GArray) l1 = g_array_new(FALSE, FALSE, sizeof(gint64));
+    g_autoptr(GArray) l1_restore = g_array_new(FALSE, FALSE, sizeof(gint64));
+    guint hits = 0;
+    for (guint i = 0; i < n; i++) {
+        g_setenv("SCHEDULERD_L1", "0", TRUE);
+        g_autoptr(SbxRunResult) c = run1(mgr, "print(1)");
+        g_unsetenv("SCHEDULERD_L1");
+        g_autoptr(SbxRunResult) r = run1(mgr, "print(1)");
+        if (c == NULL || r == NULL)
+            continue;
+        g_array_append_val(cold, c->timing.total_ms);
+        g_array_append_val(cold_boot, c->timing.boot_ms);
+        g_array_append_val(l1, r->timing.total_ms);
+        g_array_append_val(l1_restore, r->timing.restore_ms);
+        hits += r->l1_hit;
+        printf("#   %u MiB pair %u: cold total %" G_GINT64_FORMAT " boot %" G_GINT64_FORMAT
+               " | l1=%d total %" G_GINT64_FORMAT " restore %" G_GINT64_FORMAT "\n",
+               memory_mb, i, c->timing.total_ms, c->timing.boot_ms, r->l1_hit,
+               r->timing.total_ms, r->timing.restore_ms);
+        fflush(stdout);
+    }
+    printf("# %u MiB: pairs=%u l1_hits=%u median cold total_ms=%" G_GINT64_FORMAT
+           " boot_ms=%" G_GINT64_FORMAT " | l1 total_ms=%" G_GINT64_FORMAT
+           " restore_ms=%" G_GINT64_FORMAT "\n",
+           memory_mb, cold->len, hits, median(cold), median(cold_boot), median(l1),
+           median(l1_restore));
+    fflush(stdout);
+    run_memory_mb = 0;
+}
+
 int
 main(int argc, char **argv)
 {
     guint n = argc > 1 ? (guint)atoi(argv[1]) : 5;
     guint idle = argc > 2 ? (guint)atoi(argv[2]) : 10;
-    const char *phases = argc > 3 ? argv[3] : "cltwpk";
+    const char *phases = argc > 3 ? argv[3] : "cltwpkm";
     const char *guest = g_getenv("SBX_GUEST_DIR");
     if (guest == NULL) {
         printf("1..0 # SKIP set SBX_GUEST_DIR\n");
@@ -427,6 +474,10 @@ main(int argc, char **argv)
         g_unsetenv("SCHEDULERD_L1");
         idle_vms(mgr, "idle L1-restored", idle, needle, FALSE, 15000, idle_code);
         idle_vms(mgr, "idle L1-restored + KSM", idle, needle, TRUE, 0, idle_code);
+    }
+    if (strchr(phases, 'm')) {
+        const char *m = g_getenv("SBX_BENCH_MEMORY_MB");
+        memory_ab(mgr, n, m && *m ? (guint)atoi(m) : 1024);
     }
     g_autoptr(GAsyncResult) down = NULL;
     sbx_manager_shutdown_async(mgr, sbx_test_store_result, &down);
