@@ -461,19 +461,30 @@ main(int argc, char **argv)
     }
     if (strchr(phases, 'k')) {
         g_autofree char *needle = g_build_filename(vms, "vm-", NULL);
+        /* SBX_BENCH_IDLE_MODES: a subset of "cwgxlk" (default all): cold, cold after
+         * 256 MiB, give-back, give-back after 256 MiB, L1, L1 + KSM */
+        const char *modes = g_getenv("SBX_BENCH_IDLE_MODES");
+        if (modes == NULL || *modes == '\0')
+            modes = "cwgxlk";
         g_setenv("SCHEDULERD_L1", "0", TRUE);
         g_setenv("SCHEDULERD_BALLOON", "0", TRUE);
-        idle_vms(mgr, "idle cold-booted", idle, needle, FALSE, 15000, idle_code);
+        if (strchr(modes, 'c'))
+            idle_vms(mgr, "idle cold-booted", idle, needle, FALSE, 15000, idle_code);
         /* at most 10 here: without give-back each keeps ~0.5 GiB */
-        idle_vms(mgr, "idle cold-booted after 256 MiB", MIN(idle, 10), needle, FALSE, 15000,
-                 workload_code);
+        if (strchr(modes, 'w'))
+            idle_vms(mgr, "idle cold-booted after 256 MiB", MIN(idle, 10), needle, FALSE, 15000,
+                     workload_code);
         g_unsetenv("SCHEDULERD_BALLOON");
-        idle_vms(mgr, "idle cold-booted + give-back", idle, needle, FALSE, 15000, idle_code);
-        idle_vms(mgr, "idle cold-booted after 256 MiB + give-back", MIN(idle, 10), needle, FALSE,
-                 15000, workload_code);
+        if (strchr(modes, 'g'))
+            idle_vms(mgr, "idle cold-booted + give-back", idle, needle, FALSE, 15000, idle_code);
+        if (strchr(modes, 'x'))
+            idle_vms(mgr, "idle cold-booted after 256 MiB + give-back", MIN(idle, 10), needle,
+                     FALSE, 15000, workload_code);
         g_unsetenv("SCHEDULERD_L1");
-        idle_vms(mgr, "idle L1-restored", idle, needle, FALSE, 15000, idle_code);
-        idle_vms(mgr, "idle L1-restored + KSM", idle, needle, TRUE, 0, idle_code);
+        if (strchr(modes, 'l'))
+            idle_vms(mgr, "idle L1-restored", idle, needle, FALSE, 15000, idle_code);
+        if (strchr(modes, 'k'))
+            idle_vms(mgr, "idle L1-restored + KSM", idle, needle, TRUE, 0, idle_code);
     }
     if (strchr(phases, 'm')) {
         const char *m = g_getenv("SBX_BENCH_MEMORY_MB");
