@@ -266,7 +266,8 @@ idle_vms(SbxManager *mgr, const char *label, guint n, const char *needle, gboole
         g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
         g_autoptr(GAsyncResult) res = NULL;
         g_autoptr(GError) error = NULL;
-        sbx_manager_create_session_async(mgr, spec, 600, NULL, sbx_test_store_result, &res);
+        /* idle timeout far above the time 30 cold boots take under TCG */
+        sbx_manager_create_session_async(mgr, spec, 7200, NULL, sbx_test_store_result, &res);
         SbxSession *s = sbx_manager_create_session_finish(mgr, sbx_test_wait_result(&res), &error);
         if (s == NULL) {
             printf("# %s: session %u failed: %s\n", label, i, error->message);
