@@ -76,6 +76,7 @@ new_session(void)
     g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
     g_autoptr(GAsyncResult) res = NULL;
     g_autoptr(GError) error = NULL;
+    spec->timeout_s = 300;
     sbx_manager_create_session_async(mgr, spec, 600, NULL, sbx_test_store_result, &res);
     SbxSession *s = sbx_manager_create_session_finish(mgr, sbx_test_wait_result(&res), &error);
     if (s == NULL)
@@ -92,7 +93,9 @@ exec_py(SbxSession *s, const char *code)
     g_autoptr(GAsyncResult) res = NULL;
     g_autoptr(GError) error = NULL;
     spec->code = g_bytes_new(code, strlen(code));
-    sbx_session_exec_async(s, spec, out, NULL, sbx_test_store_result, &res);
+    spec->timeout_s = 300; /* a first python start under TCG on a loaded host */
+    g_autoptr(GOutputStream) err = g_memory_output_stream_new_resizable();
+    sbx_session_exec_async(s, spec, out, err, sbx_test_store_result, &res);
     g_autoptr(SbxRunResult) r = sbx_session_exec_finish(s, sbx_test_wait_result(&res), &error);
     g_output_stream_close(out, NULL, NULL);
     if (r == NULL) {
@@ -100,7 +103,14 @@ exec_py(SbxSession *s, const char *code)
         return NULL;
     }
     GMemoryOutputStream *m = G_MEMORY_OUTPUT_STREAM(out);
-    return g_strndup(g_memory_output_stream_get_data(m), g_memory_output_stream_get_data_size(m));
+    gsize size = g_memory_output_stream_get_data_size(m);
+    if (size == 0) {
+        GMemoryOutputStream *e = G_MEMORY_OUTPUT_STREAM(err);
+        g_autofree char *et = g_strndup(g_memory_output_stream_get_data(e),
+                                        g_memory_output_stream_get_data_size(e));
+        printf("# exec printed nothing: exit %d, stderr: %s\n", r->exit_code, et ? et : "");
+    }
+    return g_strndup(size ? g_memory_output_stream_get_data(m) : "", size);
 }
 
 static void
