@@ -14,6 +14,8 @@ pkgs=(
   qemu-system-x86 qemu-utils qemu-block-extra passt dbus dbus-daemon dbus-user-session
   # guest image
   kmod cpio lz4 erofs-utils squashfs-tools busybox-static e2fsprogs binutils patchelf
+  # guest kernel, compiled from Debian's linux-source (guest/image/kernel.config)
+  bc bison flex libelf-dev libssl-dev xz-utils
   # tests
   python3 socat xfsprogs util-linux procps iproute2 file openssl
   # benchmarks (make bench): host anchor under bubblewrap, the latency plot
