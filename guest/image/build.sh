@@ -169,8 +169,10 @@ modules=(virtio_mmio virtio_blk virtio_console virtio_rng erofs virtio_net virti
 modules_skip=" crc32c-intel.ko crc32c_intel.ko "
 kseries=$(echo "$krel" | cut -d. -f1-2)   # 6.1.0-56-cloud-amd64 -> 6.1
 spkg=linux-source-$kseries
+# The compiled kernel's key leaves out the common part (usage text, tool checks): editing
+# that must not cost a 15-minute rebuild; everything the build reads is in section 1.
 if [ "$kmode" = build ]; then
-    kkey=$( { section 0; section 1; echo "$kmode $kpkg=$kver $spkg=$kver"; cat "$here/kernel.config"; } | hash_stdin)
+    kkey=$( { section 1; echo "$kmode $kpkg=$kver $spkg=$kver"; cat "$here/kernel.config"; } | hash_stdin)
 else
     kkey=$( { section 0; section 1; echo "$kmode $kpkg=$kver"; echo "${modules[*]}"; } | hash_stdin)
 fi
