@@ -155,8 +155,8 @@ fetch() { # pkg=ver ...
 # SBX_KERNEL=build (default): vmlinux compiled from Debian's linux-source-X.Y of the same
 # version as the cloud kernel package, configured as that package's config with every module
 # dropped plus guest/image/kernel.config (the VM's drivers built in, boot-time extras off):
-# no module is loaded at boot, and the TCG boot to the agent's hello is ~40 % shorter
-# (docs/guest-image.md). Compiling takes ~10-15 min on 2 cores, once per input hash.
+# no module is loaded at boot, and the TCG boot to the agent's hello is ~30 % shorter
+# (docs/guest-image.md). Compiling takes 15-30 min on 2 cores, once per input hash.
 # SBX_KERNEL=debian: the cloud package's own kernel, with these modules in the initramfs
 # (and their dependencies, in modprobe order): virtio-mmio transport, block, console/serial
 # ports, rng, erofs for the root, virtio-net, virtio-balloon (free page reporting; sbx-init
@@ -202,7 +202,7 @@ build_kernel() {
                 ! grep -q "^$sym=" "$cfg" || die "kernel config: $sym is still set" ;;
         esac
     done < "$here/kernel.config"
-    log "compiling the kernel ($(grep -c '=y$' "$cfg") options built in; ~10-15 min on 2 cores, cached afterwards)..."
+    log "compiling the kernel ($(grep -c '=y$' "$cfg") options built in; 15-30 min on 2 cores, cached afterwards)..."
     # Progress: one line per 250 files compiled.
     if ! (cd "$src" && KBUILD_BUILD_TIMESTAMP=@0 KBUILD_BUILD_USER=sbx KBUILD_BUILD_HOST=sbx \
             make -j"$(nproc)" vmlinux 2>"$kt/kbuild.err") | while read -r line; do
