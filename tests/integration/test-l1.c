@@ -579,22 +579,35 @@ main(void)
     /* a shutdown cancels a template build in flight past SCHEDULERD_L1_BUILD_DRAIN_S:
      * a raw run schedules the raw template's build, shut down while it boots */
     g_setenv("SCHEDULERD_L1_BUILD_DRAIN_S", "0", TRUE);
-    run_lang(mgr, SBX_LANGUAGE_RAW, "echo d", &a);
-    run_clear(&a);
-    gboolean building = wait_status(mgr, "l1_builds_running", 1, 120);
-    OK(building, "a raw run schedules a raw template build");
-    /* Shut down as soon as the build's QEMU runs: its guest is still booting (a fixed
-     * wait here once let a quick raw build finish and save before the shutdown). */
+    /* The build may start beside the run (a free slot) and, with a quick guest, finish
+     * before the run does: watch for its QEMU while the run is in flight, and shut down
+     * as soon as it runs (its guest is then still booting). */
+    g_autoptr(SbxRunSpec) dspec = sbx_run_spec_new(sbx_manager_get_config(mgr));
+    dspec->language = SBX_LANGUAGE_RAW;
+    dspec->code = g_bytes_new_static("echo d", 6);
+    g_autoptr(GOutputStream) dout = g_memory_output_stream_new_resizable();
+    g_autoptr(GAsyncResult) dres = NULL;
+    sbx_manager_run_async(mgr, dspec, dout, NULL, NULL, NULL, NULL, sbx_test_store_result, &dres);
     g_autofree char *build_vms = g_build_filename(vms_dir, "l1build-", NULL);
-    for (guint i = 0; building && i < 500 && count_qemus(build_vms) == 0; i++)
-        sbx_test_spin_ms(20);
+    gboolean building = FALSE;
+    for (guint i = 0; i < 6000 && !building; i++) { /* up to ~120 s */
+        building = status_u64(mgr, "l1_builds_running") >= 1 && count_qemus(build_vms) > 0;
+        if (!building)
+            sbx_test_spin_ms(20);
+    }
+    OK(building, "a raw run schedules a raw template build (its QEMU runs)");
 
     /* shutdown leaves nothing behind (and cancelled the build: no half entry) */
     g_autoptr(GAsyncResult) down = NULL;
     sbx_manager_shutdown_async(mgr, sbx_test_store_result, &down);
     gboolean stopped = sbx_manager_shutdown_finish(mgr, sbx_test_wait_result(&down), NULL);
-    OK(stopped && count_qemus(rt) == 0 && count_entries(vms_dir, NULL) == 0,
-       "after shutdown: no QEMU, no VM run dir (%u left)", count_entries(vms_dir, NULL));
+    /* the run finished or the shutdown cancelled it: either way it has an answer */
+    g_autoptr(GError) derr = NULL;
+    g_autoptr(SbxRunResult) drr = sbx_manager_run_finish(mgr, sbx_test_wait_result(&dres), &derr);
+    OK(stopped && (drr != NULL) != (derr != NULL) && count_qemus(rt) == 0 &&
+           count_entries(vms_dir, NULL) == 0,
+       "after shutdown: the run answered (%s), no QEMU, no VM run dir (%u left)",
+       drr ? "finished" : derr ? derr->message : "-", count_entries(vms_dir, NULL));
     guint raw_files = 0;
     g_autoptr(GDir) ld = g_dir_open(l1_dir, 0, NULL);
     for (const char *n; ld && (n = g_dir_read_name(ld));)
