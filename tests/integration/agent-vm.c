@@ -24,22 +24,8 @@
 #include "common/sbx-spawn.h"
 #include "scheduler/sbx-guest.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-tap.h"
 
-static int test_no;
-static int failures;
-
-#define OK(cond, ...)                                                                   \
-    do {                                                                                \
-        gboolean ok_ = (cond);                                                          \
-        g_autofree char *d_ = g_strdup_printf(__VA_ARGS__);                             \
-        g_strdelimit(d_, "\n#", '|'); /* one TAP line */                                \
-        printf("%sok %d - %s\n", ok_ ? "" : "not ", ++test_no, d_);                     \
-        if (!ok_) {                                                                     \
-            failures++;                                                                 \
-            printf("#   failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);              \
-        }                                                                               \
-        fflush(stdout);                                                                 \
-    } while (0)
 
 static void
 on_output(SbxGuestStream stream, const guint8 *data, gsize len, gpointer user_data)

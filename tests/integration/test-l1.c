@@ -30,22 +30,8 @@
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-session.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-tap.h"
 
-static int test_no;
-static int failures;
-
-#define OK(cond, ...)                                                                   \
-    do {                                                                                \
-        gboolean ok_ = (cond);                                                          \
-        g_autofree char *d_ = g_strdup_printf(__VA_ARGS__);                             \
-        g_strdelimit(d_, "\n#", '|');                                                   \
-        printf("%sok %d - %s\n", ok_ ? "" : "not ", ++test_no, d_);                     \
-        if (!ok_) {                                                                     \
-            failures++;                                                                 \
-            printf("#   failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);              \
-        }                                                                               \
-        fflush(stdout);                                                                 \
-    } while (0)
 
 typedef struct {
     SbxRunResult *result;
