@@ -23,6 +23,7 @@
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-session.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-proc.h"
 #include "tests/sbx-test-tap.h"
 
 
@@ -32,22 +33,10 @@ static SbxManager *mgr;
 static guint64
 qemu_rss_kb(const char *needle)
 {
-    g_autoptr(GDir) d = g_dir_open("/proc", 0, NULL);
+    g_autoptr(GPtrArray) procs = sbx_test_qemu_procs(needle);
     guint64 kb = 0;
-    for (const char *n; d && (n = g_dir_read_name(d));) {
-        if (!g_ascii_isdigit(n[0]))
-            continue;
-        g_autofree char *p = g_strdup_printf("/proc/%s/cmdline", n);
-        g_autofree char *cmd = NULL;
-        gsize len = 0;
-        if (!g_file_get_contents(p, &cmd, &len, NULL))
-            continue;
-        for (gsize i = 0; i + 1 < len; i++)
-            if (cmd[i] == '\0')
-                cmd[i] = ' ';
-        if (!strstr(cmd, "qemu-system") || !strstr(cmd, needle))
-            continue;
-        g_autofree char *sp = g_strdup_printf("/proc/%s/status", n);
+    for (guint i = 0; i < procs->len; i++) {
+        g_autofree char *sp = g_strdup_printf("/proc/%s/status", (char *)procs->pdata[i]);
         g_autofree char *st = NULL;
         const char *r;
         if (g_file_get_contents(sp, &st, NULL, NULL) && (r = strstr(st, "\nVmRSS:")))

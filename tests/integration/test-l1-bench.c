@@ -27,6 +27,7 @@
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-session.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-proc.h"
 
 static guint64
 status_u64(SbxManager *mgr, const char *key)
@@ -187,23 +188,12 @@ static guint64 last_guest_pss_kb; /* of the last qemu_mem() */
 static void
 qemu_mem(const char *needle, guint *out_n, guint64 *out_rss_kb, guint64 *out_pss_kb)
 {
-    g_autoptr(GDir) d = g_dir_open("/proc", 0, NULL);
+    g_autoptr(GPtrArray) procs = sbx_test_qemu_procs(needle);
     *out_n = 0;
     *out_rss_kb = *out_pss_kb = 0;
     last_guest_pss_kb = 0;
-    for (const char *n; d && (n = g_dir_read_name(d));) {
-        if (!g_ascii_isdigit(n[0]))
-            continue;
-        g_autofree char *p = g_strdup_printf("/proc/%s/cmdline", n);
-        g_autofree char *cmd = NULL;
-        gsize len = 0;
-        if (!g_file_get_contents(p, &cmd, &len, NULL))
-            continue;
-        for (gsize i = 0; i + 1 < len; i++)
-            if (cmd[i] == '\0')
-                cmd[i] = ' ';
-        if (!strstr(cmd, "qemu-system") || !strstr(cmd, needle))
-            continue;
+    for (guint i = 0; i < procs->len; i++) {
+        const char *n = procs->pdata[i];
         g_autofree char *sp = g_strdup_printf("/proc/%s/smaps_rollup", n);
         g_autofree char *sm = NULL;
         if (!g_file_get_contents(sp, &sm, NULL, NULL))

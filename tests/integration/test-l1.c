@@ -30,6 +30,7 @@
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-session.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-proc.h"
 #include "tests/sbx-test-tap.h"
 
 
@@ -155,24 +156,8 @@ count_entries(const char *dir, const char *suffix)
 static guint
 count_qemus(const char *needle)
 {
-    g_autoptr(GDir) d = g_dir_open("/proc", 0, NULL);
-    const char *n;
-    guint c = 0;
-    while (d && (n = g_dir_read_name(d))) {
-        if (!g_ascii_isdigit(n[0]))
-            continue;
-        g_autofree char *p = g_strdup_printf("/proc/%s/cmdline", n);
-        g_autofree char *cmd = NULL;
-        gsize len = 0;
-        if (!g_file_get_contents(p, &cmd, &len, NULL))
-            continue;
-        for (gsize i = 0; i + 1 < len; i++)
-            if (cmd[i] == '\0')
-                cmd[i] = ' ';
-        if (strstr(cmd, "qemu-system") && strstr(cmd, needle))
-            c++;
-    }
-    return c;
+    g_autoptr(GPtrArray) procs = sbx_test_qemu_procs(needle);
+    return procs->len;
 }
 
 /* sha256 of a whole file (the template's RAM file is sparse: holes read as 0). */
