@@ -29,7 +29,7 @@ sbx_config_new_default(void)
     cfg->runtime_dir = default_runtime_dir();
     cfg->accel = SBX_ACCEL_MODE_AUTO;
     cfg->vcpus = 1;
-    cfg->tb_size_mb = 64;
+    cfg->tb_size_mb = 128;
     cfg->boot_timeout_s = 60;
     cfg->qemu_sandbox = TRUE;
     cfg->ksm = TRUE;
@@ -43,7 +43,7 @@ sbx_config_new_default(void)
     cfg->memory_reserve_ratio = 0.08;
     cfg->cpu_reserve_cores = 0.5;
     cfg->vm_overhead_mb = 64;
-    cfg->tcg_cache_mb = 64;
+    cfg->tcg_cache_mb = 128;
     cfg->admission_timeout_s = 600;
     cfg->vm_cpu_overhead_millis = 250;
     cfg->psi_full_avg10_threshold = 10.0;
@@ -252,6 +252,13 @@ sbx_config_load_file(SbxConfig *cfg, const char *path, GError **error)
                     "%s: [limits] needs min_memory_mb <= default_memory_mb <= max_memory_mb and "
                     "default_timeout_s <= max_timeout_s",
                     path);
+        return FALSE;
+    }
+    if (cfg->tb_size_mb > 0 && cfg->tcg_cache_mb < cfg->tb_size_mb) {
+        g_set_error(error, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,
+                    "%s: [admission] tcg_cache_mb = %u is below [scheduler] tb_size_mb = %u: "
+                    "admission would count less than a TCG VM's translation cache can hold",
+                    path, cfg->tcg_cache_mb, cfg->tb_size_mb);
         return FALSE;
     }
     return TRUE;

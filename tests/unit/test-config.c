@@ -53,6 +53,11 @@ test_documented_defaults(void **state)
     assert_int_equal(cfg->l1_max_templates, 8);
     assert_int_equal(def->warm_pool_python, cfg->warm_pool_python);
     assert_int_equal(def->l1_max_templates, cfg->l1_max_templates);
+    /* the translation cache admission counts holds what QEMU may fill */
+    assert_int_equal(cfg->tb_size_mb, 128);
+    assert_int_equal(cfg->tcg_cache_mb, 128);
+    assert_int_equal(def->tb_size_mb, cfg->tb_size_mb);
+    assert_int_equal(def->tcg_cache_mb, cfg->tcg_cache_mb);
 }
 
 /* The documented file with every commented-out "#key=value" of [pool] made
@@ -169,6 +174,7 @@ test_values_and_errors(void **state)
         "[scheduler]\nvcpus=0\n",              /* out of range */
         "[limits]\ndefault_timeout_s=400\n",   /* above max_timeout_s */
         "[admission]\nmemory_reserve_ratio=x\n",
+        "[scheduler]\ntb_size_mb=256\n",     /* above the default tcg_cache_mb */
     };
     for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
         g_autofree char *p = write_tmp(bad[i]);
@@ -179,6 +185,19 @@ test_values_and_errors(void **state)
         assert_non_null(strstr(e->message, p)); /* says which file */
         unlink(p);
     }
+
+    /* a larger translation cache loads once admission counts it */
+    g_autofree char *tb = write_tmp("[scheduler]\ntb_size_mb=256\n[admission]\ntcg_cache_mb=256\n");
+    g_autoptr(SbxConfig) tbc = sbx_config_new_default();
+    g_autoptr(GError) tbe = NULL;
+    assert_true(sbx_config_load_file(tbc, tb, &tbe));
+    assert_int_equal(tbc->tb_size_mb, 256);
+    unlink(tb);
+    g_autofree char *tb_low = write_tmp("[scheduler]\ntb_size_mb=256\n");
+    g_autoptr(SbxConfig) tbc_low = sbx_config_new_default();
+    assert_false(sbx_config_load_file(tbc_low, tb_low, &tbe));
+    assert_non_null(strstr(tbe->message, "tcg_cache_mb = 128 is below [scheduler] tb_size_mb = 256"));
+    unlink(tb_low);
 }
 
 static void
