@@ -414,6 +414,7 @@ handle_exec_frame(SbxGuest *self, Req *r, SbxFrame *f)
         res->stdout_bytes = (guint64)sbx_frame_get_int(f, "stdout_bytes", 0);
         res->stderr_bytes = (guint64)sbx_frame_get_int(f, "stderr_bytes", 0);
         res->duration_us = (guint64)sbx_frame_get_int(f, "duration_us", 0);
+        res->accept_us = sbx_frame_get_int(f, "accept_us", -1);
         res->cpu_user_us = (guint64)sbx_frame_get_int(f, "cpu_user_us", 0);
         res->cpu_sys_us = (guint64)sbx_frame_get_int(f, "cpu_sys_us", 0);
         res->max_rss_kb = sbx_frame_get_int(f, "max_rss_kb", 0);

@@ -51,6 +51,7 @@ typedef struct {
     guint64 stdout_bytes;
     guint64 stderr_bytes;
     guint64 duration_us;        /* guest-measured, code sent to exit observed */
+    gint64 accept_us;           /* guest-measured, request read to code sent (-1: not reported) */
     guint64 cpu_user_us;
     guint64 cpu_sys_us;
     gint64 max_rss_kb;          /* peak RSS of the interpreter process */

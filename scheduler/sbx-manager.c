@@ -797,6 +797,7 @@ exec_cb(GObject *source, GAsyncResult *res, gpointer user_data)
         d->result->exit_code = r.exit_code;
         d->result->timed_out = r.timed_out;
         d->result->guest_exec_us = r.duration_us;
+        d->result->guest_accept_us = r.accept_us;
         if (!g_log_writer_default_would_drop(G_LOG_LEVEL_DEBUG, G_LOG_DOMAIN))
             g_debug("%s: guest exec %" G_GUINT64_FORMAT " us: %" G_GINT64_FORMAT
                     " us around it since the exec was queued",

@@ -189,6 +189,7 @@ sbx_run_result_new(void)
     SbxRunResult *r = g_new0(SbxRunResult, 1);
     r->output_limit = g_strdup("");
     r->accel = g_strdup("tcg");
+    r->guest_accept_us = -1;
     r->exposed_ports = g_array_new(FALSE, FALSE, sizeof(GvpPort));
     return r;
 }

@@ -64,6 +64,7 @@ typedef struct {
     guint64 cpu_ms;
     guint64 memory_peak_mb;
     guint64 guest_exec_us; /* guest-measured duration of the exec (agent's exit frame) */
+    gint64 guest_accept_us; /* guest-measured, request read to exec start (-1: not reported) */
     GArray *exposed_ports; /* GvpPort with the bound external port; never NULL */
 } SbxRunResult;
 

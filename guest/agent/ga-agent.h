@@ -62,6 +62,7 @@ typedef struct {
     gint64 boot_init_ns[4];
     gint64 boot_main_ns;
     gint64 boot_hello_ns;
+    gint64 last_read_us;   /* when the channel read that completed the frames being dispatched returned */
     /* modules */
     GaExec *exec;
     GaFiles *files;
@@ -78,7 +79,7 @@ gsize ga_outq_pending(GaAgent *a);
 /* ga-exec.c */
 GaExec *ga_exec_new(GaAgent *a);
 void ga_exec_free(GaExec *e);
-void ga_exec_handle(GaExec *e, SbxFrame *frame);   /* exec */
+void ga_exec_handle(GaExec *e, SbxFrame *frame, gint64 recv_us); /* exec; recv_us: when it was read */
 void ga_exec_warm(GaExec *e, SbxFrame *frame);     /* warm */
 void ga_exec_cancel(GaExec *e, gint64 target);     /* cancel: kill that exec if running */
 /* After the CRNG reseed: give running REPLs whose PRNGs cannot be reseeded in

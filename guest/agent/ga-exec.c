@@ -70,6 +70,7 @@ struct _GaRun {
     gint64 id;
     GaProc *proc;
     gint64 start_us;
+    gint64 recv_us;     /* when the exec request was read from the channel */
     guint timeout_src, kill_src, flush_src;
     gsize out_total, err_total;
     gboolean out_trunc, err_trunc;
@@ -82,6 +83,7 @@ struct _GaExec {
     GaProc *repl[SBX_N_LANGUAGES];
     GaRun *run;
     SbxFrame *queued;  /* exec that arrived while the run was being killed */
+    gint64 queued_recv_us;
     guint queued_idle;
 };
 
@@ -586,6 +588,7 @@ run_finish(GaExec *e, int exit_code, guint64 user_us, guint64 sys_us, gint64 max
     json_object_set_int_member(h, "stdout_bytes", (gint64)r->out_total);
     json_object_set_int_member(h, "stderr_bytes", (gint64)r->err_total);
     json_object_set_int_member(h, "duration_us", g_get_monotonic_time() - r->start_us);
+    json_object_set_int_member(h, "accept_us", MAX(r->start_us - r->recv_us, 0));
     json_object_set_int_member(h, "cpu_user_us", (gint64)user_us);
     json_object_set_int_member(h, "cpu_sys_us", (gint64)sys_us);
     json_object_set_int_member(h, "max_rss_kb", maxrss_kb);
@@ -692,7 +695,7 @@ parse_env(SbxFrame *frame, GHashTable **out_env, GError **error)
 }
 
 void
-ga_exec_handle(GaExec *e, SbxFrame *frame)
+ga_exec_handle(GaExec *e, SbxFrame *frame, gint64 recv_us)
 {
     GaAgent *a = e->a;
     g_autoptr(GError) error = NULL;
@@ -717,6 +720,7 @@ ga_exec_handle(GaExec *e, SbxFrame *frame)
         e->queued->type = frame->type;
         e->queued->id = frame->id;
         e->queued->payload = g_bytes_ref(frame->payload);
+        e->queued_recv_us = recv_us;
         return;
     }
     if (e->run) {
@@ -745,6 +749,7 @@ ga_exec_handle(GaExec *e, SbxFrame *frame)
     r->id = frame->id;
     r->proc = p;
     r->start_us = g_get_monotonic_time();
+    r->recv_us = recv_us;
     r->outb = g_byte_array_new();
     r->errb = g_byte_array_new();
     r->timeout_src = g_timeout_add((guint)timeout_s * 1000, on_timeout, e);
@@ -782,7 +787,7 @@ start_queued(gpointer data)
 
     e->queued_idle = 0;
     if (frame)
-        ga_exec_handle(e, frame);
+        ga_exec_handle(e, frame, e->queued_recv_us);
     return G_SOURCE_REMOVE;
 }
 

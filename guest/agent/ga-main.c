@@ -301,7 +301,7 @@ dispatch(GaAgent *a, SbxFrame *frame)
         json_object_set_string_member(h, "agent_version", PACKAGE_VERSION);
         ga_send(a, h, NULL, 0);
     } else if (g_str_equal(t, "exec")) {
-        ga_exec_handle(a->exec, frame);
+        ga_exec_handle(a->exec, frame, a->last_read_us);
     } else if (g_str_equal(t, "warm")) {
         ga_exec_warm(a->exec, frame);
     } else if (g_str_equal(t, "cancel")) {
@@ -371,6 +371,7 @@ on_readable(int fd, GIOCondition cond, gpointer data)
             transport_disconnected(a);
             return G_SOURCE_REMOVE;
         }
+        a->last_read_us = g_get_monotonic_time();
         if (!sbx_frame_decoder_feed(a->dec, buf, (gsize)n, &error))
             goto protocol_error;
         while ((frame = sbx_frame_decoder_pop(a->dec, &error))) {

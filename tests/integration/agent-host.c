@@ -180,6 +180,21 @@ test_languages(SbxGuest *g)
     OK(g_str_equal(o6, "True\n") && code == 0, "cwd is HOME (got \"%s\")", o6);
 }
 
+/* The exit frame times the agent's part: accept_us (request read -> code sent to
+ * the interpreter) and duration_us (code sent -> exit seen), both reported. */
+static void
+test_exit_timing(SbxGuest *g)
+{
+    Output o;
+    SbxGuestExecResult res = {0};
+    g_autoptr(GError) error = NULL;
+    gboolean ok = run_exec(g, SBX_LANGUAGE_PYTHON, "print(1)", 30, NULL, &o, &res, NULL, &error);
+    output_clear(&o);
+    OK(ok && res.accept_us >= 0 && res.accept_us < 10 * G_USEC_PER_SEC && res.duration_us > 0,
+       "exit reports accept_us %" G_GINT64_FORMAT " and duration_us %" G_GUINT64_FORMAT,
+       res.accept_us, res.duration_us);
+}
+
 static void
 test_state(SbxGuest *g)
 {
@@ -628,6 +643,7 @@ main(void)
        sbx_guest_has_language(a.guest, SBX_LANGUAGE_JAVASCRIPT) && sbx_guest_has_language(a.guest, SBX_LANGUAGE_RAW),
        "hello: protocol 1, agent %s, python/javascript/raw", sbx_guest_get_agent_version(a.guest));
     test_languages(a.guest);
+    test_exit_timing(a.guest);
     test_state(a.guest);
     test_env(a.guest);
     test_timeout_and_kill(a.guest);
