@@ -762,9 +762,11 @@ fill_ready(Fill *f)
     g_queue_push_tail(&self->warm[f->language], pv);
     g_info("warm pool (%s): VM %s ready (%s)", sbx_language_to_string(f->language),
            sbx_vm_get_id(pv->vm), f->tpl ? "L1 restore" : "cold boot");
-    /* idle from now on: a cold-booted one gives its spare memory back (no-op for
-     * restored VMs, whose RAM is the template's file) */
-    sbx_vm_give_back_memory(pv->vm);
+    /* No agent `reclaim` here: a VM that has only booted and primed its REPL has
+     * nothing freed to give back (docs/snapshots.md, "Host memory of idle VMs"),
+     * and a request arriving during the reclaim would wait for its sync, cache
+     * drop and compaction on the agent's loop. Free page reporting still returns
+     * what the guest frees. */
     fill_end(f);
 }
 
