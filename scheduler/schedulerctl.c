@@ -1071,8 +1071,21 @@ cmd_run(int argc, char **argv)
     return run_embedded(spec, g_steal_pointer(&cfg));
 }
 
+/* The longest key of an a{sv} (at least @min): the column the values start at. */
+static int
+variant_dict_key_width(GVariant *dict, int min)
+{
+    GVariantIter it;
+    const char *key;
+    int width = min;
+    g_variant_iter_init(&it, dict);
+    while (g_variant_iter_next(&it, "{&sv}", &key, NULL))
+        width = MAX(width, (int)strlen(key));
+    return width;
+}
+
 static void
-print_variant_dict(GVariant *dict, int indent)
+print_variant_dict(GVariant *dict, int indent, int width)
 {
     GVariantIter it;
     const char *key;
@@ -1082,7 +1095,7 @@ print_variant_dict(GVariant *dict, int indent)
         g_autofree char *text = g_variant_is_of_type(value, G_VARIANT_TYPE_STRING)
                                     ? g_variant_dup_string(value, NULL)
                                     : g_variant_print(value, FALSE);
-        g_print("%*s%-24s %s\n", indent, "", key, text);
+        g_print("%*s%-*s %s\n", indent, "", width, key, text);
         g_variant_unref(value);
     }
 }
@@ -1138,14 +1151,16 @@ cmd_status_or_doctor(int argc, char **argv, gboolean doctor)
         }
         status = g_variant_ref_sink(sbx_manager_get_status(mgr));
         stop_manager(mgr, loop);
-        g_print("%-24s %s\n", "mode", "embedded (no schedulerd on the bus)");
+        if (!opt.json)
+            g_print("%-*s %s\n", variant_dict_key_width(status, 4), "mode",
+                    "embedded (no schedulerd on the bus)");
     }
     if (opt.json) {
         g_autoptr(JsonNode) node = json_gvariant_serialize(status);
         g_autofree char *text = json_to_string(node, TRUE);
         g_print("%s\n", text);
     } else {
-        print_variant_dict(status, 0);
+        print_variant_dict(status, 0, variant_dict_key_width(status, 4));
     }
     return 0;
 }

@@ -43,7 +43,7 @@ check() { # description, command...
 qemu_count() { pgrep -f -- "$rt/vms/vm-" | wc -l; }
 run_vms() { ls "$rt/vms" 2>/dev/null | grep '^vm-'; }
 
-echo "1..16"
+echo "1..17"
 
 start_daemon() {
     # L1 restores and the warm pool are tested in test-l1; here every run boots its
@@ -124,7 +124,19 @@ d=$("$ctl" run -q -l raw 'echo same; exit 5' 2>&1; echo "rc=$?")
 e=$("$ctl" run -q --embedded --config "$cfg" -l raw 'echo same; exit 5' 2>&1; echo "rc=$?")
 [ "$d" = "$e" ] && [ "$d" = "$(printf 'same\nrc=5')" ] && ok "embedded mode gives the same result as the daemon" || not_ok "embedded == daemon" "daemon: $d" "embedded: $e"
 
-# 15: a client killed mid-run leaves no VM
+# 15: status: --json is one JSON object from the daemon and in embedded mode; the text
+# form puts every value in one column, however long the longest key
+sd=$("$ctl" status --json 2>"$work/sd.err")
+se=$("$ctl" status --json --embedded --config "$cfg" 2>"$work/se.err")
+st=$("$ctl" status 2>&1)
+is_status_json() { printf '%s' "$1" | python3 -c 'import json, sys; d = json.load(sys.stdin); assert isinstance(d, dict) and "slots_used" in d and "warm_pool_target_javascript" in d'; }
+cols=$(printf '%s\n' "$st" | awk '{ match($0, /^[^ ]+ +/); print RLENGTH }' | sort -u)
+is_status_json "$sd" && is_status_json "$se" && [ "$(printf '%s\n' "$cols" | wc -l)" = 1 ] \
+    && [ "$cols" -gt 27 ] \
+    && ok "status --json parses (daemon and embedded); text values in one column" \
+    || not_ok "status output" "daemon json: $sd" "embedded json: $se" "columns: $cols" "$st"
+
+# 16: a client killed mid-run leaves no VM
 "$ctl" run -q 'import time; print("started", flush=True); time.sleep(60)' >"$work/k.out" 2>&1 &
 cpid=$!
 for _ in $(seq 1 600); do grep -q started "$work/k.out" 2>/dev/null && break; sleep 0.1; done
@@ -133,7 +145,7 @@ for _ in $(seq 1 100); do [ "$(qemu_count)" = 0 ] && [ -z "$(run_vms)" ] && brea
 [ "$(qemu_count)" = 0 ] && [ -z "$(run_vms)" ] && grep -q started "$work/k.out" \
     && ok "a client killed mid-run leaves no VM" || not_ok "killed client left a VM" "qemu=$(qemu_count)" "$(run_vms)" "$(cat "$work/k.out")"
 
-# 16: SIGTERM with a run in flight: the run fails with a typed error, the daemon exits 0, nothing left
+# 17: SIGTERM with a run in flight: the run fails with a typed error, the daemon exits 0, nothing left
 "$ctl" run 'import time; print("started", flush=True); time.sleep(60)' >"$work/t.out" 2>"$work/t.err" &
 cpid=$!
 for _ in $(seq 1 600); do grep -q started "$work/t.out" 2>/dev/null && break; sleep 0.1; done
