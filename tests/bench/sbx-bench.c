@@ -37,6 +37,7 @@
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-qemu.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-manager.h"
 
 /* ---- main-loop helpers ------------------------------------------------------ */
 
@@ -264,30 +265,6 @@ manager_stop(SbxManager *mgr)
     g_autoptr(GAsyncResult) res = NULL;
     sbx_manager_shutdown_async(mgr, sbx_test_store_result, &res);
     (void)sbx_manager_shutdown_finish(mgr, sbx_test_wait_result(&res), NULL);
-}
-
-static guint64
-status_u64(SbxManager *mgr, const char *key)
-{
-    g_autoptr(GVariant) st = sbx_manager_get_status(mgr);
-    g_autoptr(GVariant) v = g_variant_lookup_value(st, key, NULL);
-    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_UINT32))
-        return g_variant_get_uint32(v);
-    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_UINT64))
-        return g_variant_get_uint64(v);
-    return 0;
-}
-
-static gboolean
-wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
-{
-    gint64 end = g_get_monotonic_time() + (gint64)limit_s * G_USEC_PER_SEC;
-    while (status_u64(mgr, key) < want) {
-        if (g_get_monotonic_time() >= end)
-            return FALSE;
-        sbx_test_spin_ms(200);
-    }
-    return TRUE;
 }
 
 /* ---- first-output sink ---------------------------------------------------------- */
@@ -911,14 +888,14 @@ series_sched(Bench *b, SbxManager *mgr, Path *p, void (*before)(SbxManager *))
 static void
 before_prestarted(SbxManager *mgr)
 {
-    (void)wait_status(mgr, "l1_prestarted", 1, 120);
+    (void)sbx_test_wait_status(mgr, "l1_prestarted", 1, 120);
     sbx_test_spin_ms(300);
 }
 
 static void
 before_warm(SbxManager *mgr)
 {
-    (void)wait_status(mgr, "warm_pool_python", 1, 300);
+    (void)sbx_test_wait_status(mgr, "warm_pool_python", 1, 300);
     sbx_test_spin_ms(300);
 }
 
@@ -1008,7 +985,7 @@ cmd_create(Bench *b)
         have_tpl = r.result && r.result->l1_hit;
         run_rec_clear(&r);
         if (!have_tpl) {
-            have_tpl = wait_status(mgr, "l1_builds", 1, 600);
+            have_tpl = sbx_test_wait_status(mgr, "l1_builds", 1, 600);
             if (!have_tpl) {
                 l1->na = g_strdup("no L1 template was built within 600 s");
                 l1p->na = g_strdup(l1->na);

@@ -27,27 +27,8 @@
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-session.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-manager.h"
 #include "tests/sbx-test-proc.h"
-
-static guint64
-status_u64(SbxManager *mgr, const char *key)
-{
-    g_autoptr(GVariant) st = sbx_manager_get_status(mgr);
-    g_autoptr(GVariant) v = g_variant_lookup_value(st, key, NULL);
-    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_UINT32))
-        return g_variant_get_uint32(v);
-    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_UINT64))
-        return g_variant_get_uint64(v);
-    return 0;
-}
-
-static void
-wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
-{
-    gint64 end = g_get_monotonic_time() + (gint64)limit_s * G_USEC_PER_SEC;
-    while (status_u64(mgr, key) < want && g_get_monotonic_time() < end)
-        sbx_test_spin_ms(200);
-}
 
 static guint run_memory_mb; /* 0: the default size */
 
@@ -141,14 +122,14 @@ series(SbxManager *mgr, const char *label, guint n, BeforeFunc before)
 static void
 before_prestarted(SbxManager *mgr)
 {
-    wait_status(mgr, "l1_prestarted", 1, 120);
+    sbx_test_wait_status(mgr, "l1_prestarted", 1, 120);
     sbx_test_spin_ms(500); /* let the pre-started QEMU settle */
 }
 
 static void
 before_warm(SbxManager *mgr)
 {
-    wait_status(mgr, "warm_pool_python", 1, 300);
+    sbx_test_wait_status(mgr, "warm_pool_python", 1, 300);
     sbx_test_spin_ms(500);
 }
 
@@ -347,10 +328,10 @@ static void
 memory_ab(SbxManager *mgr, guint n, guint memory_mb)
 {
     run_memory_mb = memory_mb;
-    guint64 builds0 = status_u64(mgr, "l1_builds");
+    guint64 builds0 = sbx_test_status_u64(mgr, "l1_builds");
     g_autoptr(SbxRunResult) first = run1(mgr, "print(1)"); /* schedules that size's build */
     if (first && !first->l1_hit)
-        wait_status(mgr, "l1_builds", builds0 + 1, 900);
+        sbx_test_wait_status(mgr, "l1_builds", builds0 + 1, 900);
     g_autoptr(GArray) cold = g_array_new(FALSE, FALSE, sizeof(gint64));
     g_autoptr(GArray) cold_boot = g_array_new(FALSE, FALSE, sizeof(gint64));
     g_autoptr(GArray) l1 = g_array_new(FALSE, FALSE, sizeof(gint64));
@@ -426,8 +407,8 @@ main(int argc, char **argv)
     g_unsetenv("SCHEDULERD_L1");
     if (strpbrk(phases, "ltpwk")) {
         g_autoptr(SbxRunResult) first = run1(mgr, "print(1)"); /* schedules the build if needed */
-        if (status_u64(mgr, "l1_builds") == 0 && first && !first->l1_hit)
-            wait_status(mgr, "l1_builds", 1, 600);
+        if (sbx_test_status_u64(mgr, "l1_builds") == 0 && first && !first->l1_hit)
+            sbx_test_wait_status(mgr, "l1_builds", 1, 600);
     }
     if (strchr(phases, 'l'))
         series(mgr, "l1 (fresh QEMU)", n, NULL);

@@ -30,79 +30,14 @@
 #include "scheduler/sbx-manager.h"
 #include "scheduler/sbx-session.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-manager.h"
 #include "tests/sbx-test-proc.h"
 #include "tests/sbx-test-tap.h"
 
-
-typedef struct {
-    SbxRunResult *result;
-    char *out;
-    char *error;
-} Run;
-
 static void
-run_clear(Run *r)
+run_code(SbxManager *mgr, const char *code, SbxTestRun *r)
 {
-    g_clear_pointer(&r->result, sbx_run_result_free);
-    g_clear_pointer(&r->out, g_free);
-    g_clear_pointer(&r->error, g_free);
-}
-
-/* Run @code; @timeout_s 0: the default. */
-static void
-run_lang_timeout(SbxManager *mgr, SbxLanguage language, const char *code, guint timeout_s, Run *r)
-{
-    g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
-    spec->language = language;
-    if (timeout_s)
-        spec->timeout_s = timeout_s;
-    g_autoptr(GOutputStream) out = g_memory_output_stream_new_resizable();
-    g_autoptr(GAsyncResult) res = NULL;
-    g_autoptr(GError) error = NULL;
-    spec->code = g_bytes_new(code, strlen(code));
-    sbx_manager_run_async(mgr, spec, out, NULL, NULL, NULL, NULL, sbx_test_store_result, &res);
-    sbx_test_wait_result(&res);
-    r->result = sbx_manager_run_finish(mgr, res, &error);
-    g_output_stream_close(out, NULL, NULL);
-    GMemoryOutputStream *m = G_MEMORY_OUTPUT_STREAM(out);
-    r->out = g_strndup(g_memory_output_stream_get_data(m),
-                       g_memory_output_stream_get_data_size(m));
-    r->error = error ? g_strdup(error->message) : NULL;
-    if (r->result)
-        printf("# %s -> l1_hit=%d warm_pool_hit=%d boot_ms=%" G_GINT64_FORMAT
-               " restore_ms=%" G_GINT64_FORMAT " exec_ms=%" G_GINT64_FORMAT
-               " total_ms=%" G_GINT64_FORMAT "\n",
-               code, r->result->l1_hit, r->result->warm_pool_hit, r->result->timing.boot_ms,
-               r->result->timing.restore_ms, r->result->timing.exec_ms,
-               r->result->timing.total_ms);
-    else
-        printf("# %s -> error: %s\n", code, r->error);
-}
-
-static void
-run_lang(SbxManager *mgr, SbxLanguage language, const char *code, Run *r)
-{
-    run_lang_timeout(mgr, language, code, 0, r);
-}
-
-static void
-run_code(SbxManager *mgr, const char *code, Run *r)
-{
-    run_lang(mgr, SBX_LANGUAGE_PYTHON, code, r);
-}
-
-static guint64
-status_u64(SbxManager *mgr, const char *key)
-{
-    g_autoptr(GVariant) st = sbx_manager_get_status(mgr);
-    g_autoptr(GVariant) v = g_variant_lookup_value(st, key, NULL);
-    if (v == NULL)
-        return G_MAXUINT64;
-    if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT32))
-        return g_variant_get_uint32(v);
-    if (g_variant_is_of_type(v, G_VARIANT_TYPE_UINT64))
-        return g_variant_get_uint64(v);
-    return G_MAXUINT64;
+    sbx_test_run(mgr, SBX_LANGUAGE_PYTHON, 0, 0, code, r);
 }
 
 /* A run's VM is released in the background after its result: wait for that. */
@@ -113,20 +48,6 @@ wait_cleanups(SbxManager *mgr)
     sbx_manager_wait_cleanups_async(mgr, sbx_test_store_result, &res);
     return sbx_manager_wait_cleanups_finish(mgr, sbx_test_wait_result(&res), NULL) &&
            sbx_manager_get_n_cleanups(mgr) == 0;
-}
-
-/* Let the main loop run until status[key] >= want or @limit_s pass. */
-static gboolean
-wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
-{
-    gint64 end = g_get_monotonic_time() + (gint64)limit_s * G_USEC_PER_SEC;
-    while (g_get_monotonic_time() < end) {
-        guint64 v = status_u64(mgr, key);
-        if (v != G_MAXUINT64 && v >= want)
-            return TRUE;
-        sbx_test_spin_ms(200);
-    }
-    return FALSE;
 }
 
 static char *
@@ -222,7 +143,7 @@ corrupt_keep_identity(const char *path)
     "})()"
 
 static JsonObject *
-js_fields(const Run *r)
+js_fields(const SbxTestRun *r)
 {
     g_autoptr(JsonParser) p = json_parser_new();
     if (r->out == NULL || !json_parser_load_from_data(p, r->out, -1, NULL))
@@ -296,12 +217,12 @@ main(void)
         return 1;
 
     /* 2-3: a cold run; it schedules the template build */
-    Run r = {0};
+    SbxTestRun r = {0};
     run_code(mgr, "print(1)", &r);
     OK(r.result && g_strcmp0(r.out, "1\n") == 0 && !r.result->l1_hit,
        "first run boots cold and prints 1");
-    run_clear(&r);
-    gboolean built = wait_status(mgr, "l1_builds", 1, 600);
+    sbx_test_run_clear(&r);
+    gboolean built = sbx_test_wait_status(mgr, "l1_builds", 1, 600);
     OK(built, "the L1 template was built and verified in the background");
     g_autofree char *state = find_file(l1_dir, ".state");
     g_autofree char *meta = find_file(l1_dir, ".json");
@@ -312,7 +233,7 @@ main(void)
 
     /* 5-7: restored runs: output, distinct random state */
     const char *rnd = "import os; print(os.urandom(16).hex())";
-    Run a = {0}, b = {0};
+    SbxTestRun a = {0}, b = {0};
     run_code(mgr, rnd, &a);
     run_code(mgr, rnd, &b);
     OK(a.result && a.result->l1_hit && a.result->timing.restore_ms > 0 &&
@@ -322,8 +243,8 @@ main(void)
        "restored runs print 16 random bytes");
     OK(a.out && b.out && g_strcmp0(a.out, b.out) != 0 && b.result && b.result->l1_hit,
        "two VMs restored from one template produce different random bytes (CRNG reseeded)");
-    run_clear(&a);
-    run_clear(&b);
+    sbx_test_run_clear(&a);
+    sbx_test_run_clear(&b);
 
     /* 8: isolation between restored VMs (disk overlay and REPL state) */
     run_code(mgr, "leak = 1\nopen('/home/user/marker', 'w').write('x')\nprint('set')", &a);
@@ -333,8 +254,8 @@ main(void)
            b.result->l1_hit && g_strcmp0(b.out, "False False\n") == 0,
        "a file and a variable written by one restored VM are not seen by the next (%s)",
        b.out ? b.out : "-");
-    run_clear(&a);
-    run_clear(&b);
+    sbx_test_run_clear(&a);
+    sbx_test_run_clear(&b);
 
     /* the restored guest's wall clock is the host's, not the template's save time
      * (the template was saved several runs ago) */
@@ -346,7 +267,7 @@ main(void)
            guest_s <= after_us / 1e6 + 1.0,
        "a restored VM's clock is set from the host on restore (guest %.3f, host %.3f..%.3f)",
        guest_s, before_us / 1e6, after_us / 1e6);
-    run_clear(&a);
+    sbx_test_run_clear(&a);
 
     /* The clones map the RAM file MAP_PRIVATE and have no balloon (QEMU 7.2 would
      * punch reported pages out of the file itself): after they ran, wrote and
@@ -383,13 +304,13 @@ main(void)
      * sources are its own: the driver replaces Math.random on the restore's reseed,
      * and the template's node started under a clock a day back, so the restore's
      * clock step reseeds OpenSSL's DRBGs from the reseeded kernel on first use. */
-    run_lang(mgr, SBX_LANGUAGE_JAVASCRIPT, "console.log(1)", &a);
-    run_clear(&a);
-    gboolean js_built = wait_status(mgr, "l1_builds", 2, 900);
+    sbx_test_run(mgr, SBX_LANGUAGE_JAVASCRIPT, 0, 0, "console.log(1)", &a);
+    sbx_test_run_clear(&a);
+    gboolean js_built = sbx_test_wait_status(mgr, "l1_builds", 2, 900);
     before_us = g_get_real_time();
     /* a Worker and an EC key under TCG: 6-8 s here, over 30 s on a loaded host */
-    run_lang_timeout(mgr, SBX_LANGUAGE_JAVASCRIPT, JS_RANDOM, 180, &a);
-    run_lang_timeout(mgr, SBX_LANGUAGE_JAVASCRIPT, JS_RANDOM, 180, &b);
+    sbx_test_run(mgr, SBX_LANGUAGE_JAVASCRIPT, 0, 180, JS_RANDOM, &a);
+    sbx_test_run(mgr, SBX_LANGUAGE_JAVASCRIPT, 0, 180, JS_RANDOM, &b);
     after_us = g_get_real_time();
     g_autoptr(JsonObject) ja = js_fields(&a);
     g_autoptr(JsonObject) jb = js_fields(&b);
@@ -416,8 +337,8 @@ main(void)
         OK(va && vb && g_strcmp0(va, vb) != 0, "two restored javascript VMs differ in %s (%s, %s)",
            js_sources[i], va ? va : "-", vb ? vb : "-");
     }
-    run_clear(&a);
-    run_clear(&b);
+    sbx_test_run_clear(&a);
+    sbx_test_run_clear(&b);
     /* a restored javascript session keeps its node and state across execs */
     {
         g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
@@ -449,18 +370,18 @@ main(void)
     OK(a.result && !a.result->l1_hit && a.result->timing.boot_ms > 0 &&
            g_strcmp0(a.out, "2\n") == 0,
        "SCHEDULERD_L1=0 switches L1 off without a restart (cold boot)");
-    run_clear(&a);
+    sbx_test_run_clear(&a);
     g_unsetenv("SCHEDULERD_L1");
 
     /* 10-12: restore failure falls back to a cold boot and is counted */
-    guint64 fails0 = status_u64(mgr, "l1_restore_failures");
+    guint64 fails0 = sbx_test_status_u64(mgr, "l1_restore_failures");
     OK(state && corrupt_keep_identity(state), "corrupted the saved device state (same size, mtime)");
     run_code(mgr, "print(3)", &a);
     OK(a.result && !a.result->l1_hit && g_strcmp0(a.out, "3\n") == 0 && a.result->timing.boot_ms > 0,
        "a failed restore falls back to a cold boot of the same request (l1_hit false)");
-    OK(status_u64(mgr, "l1_restore_failures") == fails0 + 1,
+    OK(sbx_test_status_u64(mgr, "l1_restore_failures") == fails0 + 1,
        "the restore failure is counted in Status (l1_restore_failures)");
-    run_clear(&a);
+    sbx_test_run_clear(&a);
     (void)wait_cleanups(mgr);
     /* run VMs are vm-<pid>-<n>; a template rebuild (l1build-*) may be running now */
     g_autofree char *run_vms = g_build_filename(vms_dir, "vm-", NULL);
@@ -474,29 +395,30 @@ main(void)
     /* 14-15: warm pool */
     g_setenv("SCHEDULERD_WARM_POOL", "1", TRUE);
     run_code(mgr, "print(4)", &a); /* marks python as used */
-    run_clear(&a);
-    gboolean filled = wait_status(mgr, "warm_pool_python", 1, 600);
+    sbx_test_run_clear(&a);
+    gboolean filled = sbx_test_wait_status(mgr, "warm_pool_python", 1, 600);
     OK(filled, "the warm pool fills one python VM in the background");
     (void)wait_cleanups(mgr); /* print(4)'s VM may still be on its way out */
-    guint64 cleanups0 = status_u64(mgr, "cleanups_total");
+    guint64 cleanups0 = sbx_test_status_u64(mgr, "cleanups_total");
     run_code(mgr, "print(5)", &a);
     OK(a.result && a.result->warm_pool_hit && g_strcmp0(a.out, "5\n") == 0 &&
            a.result->timing.admission_ms == 0,
        "a default run is served by the warm pool (warm_pool_hit)");
     gboolean cleaned = wait_cleanups(mgr);
     OK(a.result && a.result->timing.teardown_ms >= 1 && a.result->guest_exec_us > 0 && cleaned &&
-           status_u64(mgr, "cleanups_total") >= cleanups0 + 1 &&
-           status_u64(mgr, "cleanups_in_flight") == 0,
+           sbx_test_status_u64(mgr, "cleanups_total") >= cleanups0 + 1 &&
+           sbx_test_status_u64(mgr, "cleanups_in_flight") == 0,
        "the warm VM is released in the background after the result (teardown_ms %" G_GINT64_FORMAT
        " before it, cleanup %" G_GUINT64_FORMAT " ms after; waited %d, cleanups +%" G_GINT64_FORMAT
        ", in flight %" G_GUINT64_FORMAT ")",
-       a.result ? a.result->timing.teardown_ms : -1, status_u64(mgr, "cleanup_ms_last"), cleaned,
-       (gint64)(status_u64(mgr, "cleanups_total") - cleanups0), status_u64(mgr, "cleanups_in_flight"));
-    run_clear(&a);
+       a.result ? a.result->timing.teardown_ms : -1, sbx_test_status_u64(mgr, "cleanup_ms_last"),
+       cleaned, (gint64)(sbx_test_status_u64(mgr, "cleanups_total") - cleanups0),
+       sbx_test_status_u64(mgr, "cleanups_in_flight"));
+    sbx_test_run_clear(&a);
 
     /* 16: a request that finds no capacity evicts an idle pooled VM. Fill the pool
      * again, then start as many concurrent runs as fit in the free capacity + 1. */
-    gboolean refilled = wait_status(mgr, "warm_pool_python", 1, 600);
+    gboolean refilled = sbx_test_wait_status(mgr, "warm_pool_python", 1, 600);
     g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE); /* no refill from here on */
     g_setenv("SCHEDULERD_L1", "0", TRUE);        /* and no template builds */
     (void)wait_cleanups(mgr); /* released VMs give their reservations back first */
@@ -511,12 +433,15 @@ main(void)
     guint64 vm_mem, vm_cpu;
     sbx_admission_config_vm_cost(&acfg, (guint64)cfg->default_memory_mb << 20, cfg->vcpus, TRUE,
                                  &vm_mem, &vm_cpu);
-    guint64 free_mem = ((status_u64(mgr, "memory_budget_mb") - status_u64(mgr, "memory_used_mb"))
-                        << 20) / vm_mem;
-    guint64 free_cpu =
-        (status_u64(mgr, "cpu_budget_millis") - status_u64(mgr, "cpu_used_millis")) / vm_cpu;
+    guint64 free_mem =
+        ((sbx_test_status_u64(mgr, "memory_budget_mb") - sbx_test_status_u64(mgr, "memory_used_mb"))
+         << 20) /
+        vm_mem;
+    guint64 free_cpu = (sbx_test_status_u64(mgr, "cpu_budget_millis") -
+                        sbx_test_status_u64(mgr, "cpu_used_millis")) /
+                       vm_cpu;
     guint k = (guint)MIN(free_mem, free_cpu) + 1;
-    guint64 evict0 = status_u64(mgr, "warm_pool_evictions");
+    guint64 evict0 = sbx_test_status_u64(mgr, "warm_pool_evictions");
     if (!refilled || k > 4) {
         printf("ok %d - # SKIP eviction: pool %s, %u concurrent runs needed\n", ++test_no,
                refilled ? "full" : "not refilled", k);
@@ -541,8 +466,8 @@ main(void)
             g_object_unref(res[i]);
             g_object_unref(outs[i]);
         }
-        OK(good == k && status_u64(mgr, "warm_pool_evictions") == evict0 + 1 &&
-               status_u64(mgr, "warm_pool_python") == 0,
+        OK(good == k && sbx_test_status_u64(mgr, "warm_pool_evictions") == evict0 + 1 &&
+               sbx_test_status_u64(mgr, "warm_pool_python") == 0,
            "%u concurrent runs that did not fit evicted the idle pooled VM and all ran", k);
     }
     g_unsetenv("SCHEDULERD_L1");
@@ -562,7 +487,7 @@ main(void)
     g_autofree char *build_vms = g_build_filename(vms_dir, "l1build-", NULL);
     gboolean building = FALSE;
     for (guint i = 0; i < 6000 && !building; i++) { /* up to ~120 s */
-        building = status_u64(mgr, "l1_builds_running") >= 1 && count_qemus(build_vms) > 0;
+        building = sbx_test_status_u64(mgr, "l1_builds_running") >= 1 && count_qemus(build_vms) > 0;
         if (!building)
             sbx_test_spin_ms(20);
     }

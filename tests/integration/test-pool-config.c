@@ -25,53 +25,11 @@
 
 #include "scheduler/sbx-manager.h"
 #include "tests/sbx-test-loop.h"
+#include "tests/sbx-test-manager.h"
 #include "tests/sbx-test-proc.h"
 #include "tests/sbx-test-tap.h"
 
 #define ODD_MB 384
-
-
-typedef struct {
-    SbxRunResult *result;
-    char *out;
-} Run;
-
-static void
-run_clear(Run *r)
-{
-    g_clear_pointer(&r->result, sbx_run_result_free);
-    g_clear_pointer(&r->out, g_free);
-}
-
-static void
-run_lang(SbxManager *mgr, SbxLanguage language, guint memory_mb, const char *code, Run *r)
-{
-    g_autoptr(SbxRunSpec) spec = sbx_run_spec_new(sbx_manager_get_config(mgr));
-    spec->language = language;
-    if (memory_mb)
-        spec->memory_mb = memory_mb;
-    g_autoptr(GOutputStream) out = g_memory_output_stream_new_resizable();
-    g_autoptr(GAsyncResult) res = NULL;
-    g_autoptr(GError) error = NULL;
-    spec->code = g_bytes_new(code, strlen(code));
-    sbx_manager_run_async(mgr, spec, out, NULL, NULL, NULL, NULL, sbx_test_store_result, &res);
-    sbx_test_wait_result(&res);
-    r->result = sbx_manager_run_finish(mgr, res, &error);
-    g_output_stream_close(out, NULL, NULL);
-    GMemoryOutputStream *m = G_MEMORY_OUTPUT_STREAM(out);
-    r->out = g_strndup(g_memory_output_stream_get_data(m),
-                       g_memory_output_stream_get_data_size(m));
-    if (r->result)
-        printf("# %s %u MiB -> out=%s l1_hit=%d warm_pool_hit=%d boot_ms=%" G_GINT64_FORMAT
-               " restore_ms=%" G_GINT64_FORMAT " exec_ms=%" G_GINT64_FORMAT
-               " total_ms=%" G_GINT64_FORMAT "\n",
-               sbx_language_to_string(language), spec->memory_mb, g_strchomp(g_strdup(r->out)),
-               r->result->l1_hit, r->result->warm_pool_hit, r->result->timing.boot_ms,
-               r->result->timing.restore_ms, r->result->timing.exec_ms,
-               r->result->timing.total_ms);
-    else
-        printf("# %s -> error: %s\n", code, error ? error->message : "?");
-}
 
 static GVariant *
 status_value(SbxManager *mgr, const char *key)
@@ -80,37 +38,12 @@ status_value(SbxManager *mgr, const char *key)
     return g_variant_lookup_value(st, key, NULL);
 }
 
-static guint64
-status_u64(SbxManager *mgr, const char *key)
-{
-    g_autoptr(GVariant) v = status_value(mgr, key);
-    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_UINT32))
-        return g_variant_get_uint32(v);
-    if (v && g_variant_is_of_type(v, G_VARIANT_TYPE_UINT64))
-        return g_variant_get_uint64(v);
-    return G_MAXUINT64;
-}
-
 static gboolean
 status_bool(SbxManager *mgr, const char *key, gboolean want)
 {
     g_autoptr(GVariant) v = status_value(mgr, key);
     return v && g_variant_is_of_type(v, G_VARIANT_TYPE_BOOLEAN) &&
            g_variant_get_boolean(v) == want;
-}
-
-/* Let the main loop run until status[key] >= want or @limit_s pass. */
-static gboolean
-wait_status(SbxManager *mgr, const char *key, guint64 want, guint limit_s)
-{
-    gint64 end = g_get_monotonic_time() + (gint64)limit_s * G_USEC_PER_SEC;
-    while (g_get_monotonic_time() < end) {
-        guint64 v = status_u64(mgr, key);
-        if (v != G_MAXUINT64 && v >= want)
-            return TRUE;
-        sbx_test_spin_ms(200);
-    }
-    return FALSE;
 }
 
 /* Files in @dir whose name starts with @prefix and ends with @suffix (NULL: any). */
@@ -141,7 +74,7 @@ static const char meminfo_code[] =
     "print(int(t.split()[1]) // 1024, 2 + 3)\n";
 
 static guint
-memtotal_of(const Run *r)
+memtotal_of(const SbxTestRun *r)
 {
     guint mb = 0, five = 0;
     if (r->out == NULL || sscanf(r->out, "%u %u", &mb, &five) != 2 || five != 5)
@@ -191,62 +124,63 @@ main(void)
         return 1;
 
     /* 3: the config's values are the effective ones in Status */
-    OK(status_u64(mgr, "warm_pool_target_python") == 0 &&
-           status_u64(mgr, "warm_pool_target_javascript") == 0 &&
-           status_u64(mgr, "warm_pool_target_raw") == 2 &&
-           status_u64(mgr, "l1_prestart_target") == 0 &&
-           status_u64(mgr, "l1_build_drain_s") == 0 && status_u64(mgr, "l1_max_templates") == 2 &&
+    OK(sbx_test_status_u64(mgr, "warm_pool_target_python") == 0 &&
+           sbx_test_status_u64(mgr, "warm_pool_target_javascript") == 0 &&
+           sbx_test_status_u64(mgr, "warm_pool_target_raw") == 2 &&
+           sbx_test_status_u64(mgr, "l1_prestart_target") == 0 &&
+           sbx_test_status_u64(mgr, "l1_build_drain_s") == 0 &&
+           sbx_test_status_u64(mgr, "l1_max_templates") == 2 &&
            status_bool(mgr, "l1_enabled", TRUE) && status_bool(mgr, "l1_prefetch", TRUE),
        "Status shows the [pool] values of the config file as the effective ones");
 
     /* 4-5: a non-default memory size boots cold and schedules its own template */
-    Run a = {0};
-    run_lang(mgr, SBX_LANGUAGE_PYTHON, ODD_MB, meminfo_code, &a);
+    SbxTestRun a = {0};
+    sbx_test_run(mgr, SBX_LANGUAGE_PYTHON, ODD_MB, 0, meminfo_code, &a);
     guint cold_mb = memtotal_of(&a);
     OK(a.result && !a.result->l1_hit && a.result->timing.boot_ms > 0 && cold_mb > ODD_MB * 3 / 4 &&
            cold_mb <= ODD_MB,
        "a %u MiB run boots cold (l1_hit false) and its guest has MemTotal %u MiB", ODD_MB,
        cold_mb);
-    run_clear(&a);
-    gboolean built = wait_status(mgr, "l1_builds", 1, 900);
+    sbx_test_run_clear(&a);
+    gboolean built = sbx_test_wait_status(mgr, "l1_builds", 1, 900);
     g_autofree char *odd_prefix = g_strdup_printf("l1-python-%um-", ODD_MB);
     OK(built && count_files(l1_dir, odd_prefix, ".json") == 1,
        "a template for (python, %u MiB) is built in the background", ODD_MB);
 
     /* 6: the next run of that size restores from it and sees its memory size */
-    run_lang(mgr, SBX_LANGUAGE_PYTHON, ODD_MB, meminfo_code, &a);
+    sbx_test_run(mgr, SBX_LANGUAGE_PYTHON, ODD_MB, 0, meminfo_code, &a);
     guint l1_mb = memtotal_of(&a);
     OK(a.result && a.result->l1_hit && a.result->timing.restore_ms > 0 && l1_mb == cold_mb,
        "the next %u MiB run restores from its template (l1_hit) and runs correctly with "
        "MemTotal %u MiB (cold: %u)",
        ODD_MB, l1_mb, cold_mb);
-    run_clear(&a);
+    sbx_test_run_clear(&a);
 
     /* 7-8: default-memory python and raw runs: python's pool stays empty
      * (warm_pool_python=0), raw's fills to two (warm_pool_raw=2); their
      * templates are the second and third entries */
-    run_lang(mgr, SBX_LANGUAGE_PYTHON, 0, "print(7)", &a);
+    sbx_test_run(mgr, SBX_LANGUAGE_PYTHON, 0, 0, "print(7)", &a);
     OK(a.result && g_strcmp0(a.out, "7\n") == 0 && !a.result->warm_pool_hit,
        "a default python run (no pooled VM to take)");
-    run_clear(&a);
-    run_lang(mgr, SBX_LANGUAGE_RAW, 0, "echo r", &a);
+    sbx_test_run_clear(&a);
+    sbx_test_run(mgr, SBX_LANGUAGE_RAW, 0, 0, "echo r", &a);
     OK(a.result && g_strcmp0(a.out, "r\n") == 0, "a default raw run");
-    run_clear(&a);
+    sbx_test_run_clear(&a);
 
     /* 9: two raw VMs (the config's size) */
-    gboolean filled = wait_status(mgr, "warm_pool_raw", 2, 900);
-    OK(filled && status_u64(mgr, "warm_pool_raw") == 2,
+    gboolean filled = sbx_test_wait_status(mgr, "warm_pool_raw", 2, 900);
+    OK(filled && sbx_test_status_u64(mgr, "warm_pool_raw") == 2,
        "warm_pool_raw=2 in the config: two pooled raw VMs (Status warm_pool_raw=%" G_GUINT64_FORMAT
        ")",
-       status_u64(mgr, "warm_pool_raw"));
+       sbx_test_status_u64(mgr, "warm_pool_raw"));
 
     /* 10: three templates built, the least recently used one evicted */
-    gboolean three = wait_status(mgr, "l1_builds", 3, 900);
-    OK(three && status_u64(mgr, "l1_evictions") == 1 && status_u64(mgr, "l1_templates") == 2 &&
-           count_files(l1_dir, NULL, ".json") == 2,
+    gboolean three = sbx_test_wait_status(mgr, "l1_builds", 3, 900);
+    OK(three && sbx_test_status_u64(mgr, "l1_evictions") == 1 &&
+           sbx_test_status_u64(mgr, "l1_templates") == 2 && count_files(l1_dir, NULL, ".json") == 2,
        "l1_max_templates=2: after the third build two entries are left (%" G_GUINT64_FORMAT
        " evicted)",
-       status_u64(mgr, "l1_evictions"));
+       sbx_test_status_u64(mgr, "l1_evictions"));
 
     /* 11: the evicted one is the (python, 384) template, used before the other two
      * were built; none of its files is left */
@@ -256,26 +190,26 @@ main(void)
 
     /* 12: python's pool stayed empty although python ran at its default size */
     sbx_test_spin_ms(2000);
-    OK(status_u64(mgr, "warm_pool_python") == 0,
+    OK(sbx_test_status_u64(mgr, "warm_pool_python") == 0,
        "warm_pool_python=0 in the config: no pooled python VM after python runs");
 
     /* 13: a pooled raw VM serves a default raw run */
-    run_lang(mgr, SBX_LANGUAGE_RAW, 0, "echo w", &a);
+    sbx_test_run(mgr, SBX_LANGUAGE_RAW, 0, 0, "echo w", &a);
     OK(a.result && a.result->warm_pool_hit && g_strcmp0(a.out, "w\n") == 0,
        "a default raw run is served by the warm pool");
-    run_clear(&a);
+    sbx_test_run_clear(&a);
 
     /* 14: after the eviction that size boots cold again */
-    run_lang(mgr, SBX_LANGUAGE_PYTHON, ODD_MB, meminfo_code, &a);
+    sbx_test_run(mgr, SBX_LANGUAGE_PYTHON, ODD_MB, 0, meminfo_code, &a);
     OK(a.result && !a.result->l1_hit && memtotal_of(&a) == cold_mb,
        "after its eviction a %u MiB run boots cold again (l1_hit false)", ODD_MB);
-    run_clear(&a);
+    sbx_test_run_clear(&a);
 
     /* 15: the environment still overrides the config at run time */
     g_setenv("SCHEDULERD_WARM_POOL", "0", TRUE);
     g_setenv("SCHEDULERD_L1_PREFETCH", "0", TRUE);
-    OK(status_u64(mgr, "warm_pool_target_raw") == 0 &&
-           status_u64(mgr, "warm_pool_target_python") == 0 &&
+    OK(sbx_test_status_u64(mgr, "warm_pool_target_raw") == 0 &&
+           sbx_test_status_u64(mgr, "warm_pool_target_python") == 0 &&
            status_bool(mgr, "l1_prefetch", FALSE),
        "SCHEDULERD_WARM_POOL=0 and SCHEDULERD_L1_PREFETCH=0 override the config at run time");
     g_unsetenv("SCHEDULERD_L1_PREFETCH");
