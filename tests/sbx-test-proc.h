@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT
  *
- * /proc scan shared by the tests and benchmarks that count or measure the QEMU
- * processes of their own runtime dir.
+ * /proc scan and directory counts shared by the tests and benchmarks that count
+ * or measure what their own runtime dir holds: its QEMU processes and files.
  */
 #pragma once
 
@@ -30,4 +30,26 @@ sbx_test_qemu_procs(const char *needle)
             g_ptr_array_add(found, g_strdup(n));
     }
     return found;
+}
+
+/* How many QEMU processes mention @needle (sbx_test_qemu_procs). */
+static inline guint
+sbx_test_count_qemus(const char *needle)
+{
+    g_autoptr(GPtrArray) procs = sbx_test_qemu_procs(needle);
+    return procs->len;
+}
+
+/* Entries of @dir whose name starts with @prefix and ends with @suffix (NULL:
+ * any); 0 when @dir does not exist. */
+static inline guint
+sbx_test_count_files(const char *dir, const char *prefix, const char *suffix)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    guint c = 0;
+    for (const char *n; d && (n = g_dir_read_name(d));)
+        if ((prefix == NULL || g_str_has_prefix(n, prefix)) &&
+            (suffix == NULL || g_str_has_suffix(n, suffix)))
+            c++;
+    return c;
 }

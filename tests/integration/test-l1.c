@@ -61,26 +61,6 @@ find_file(const char *dir, const char *suffix)
     return NULL;
 }
 
-static guint
-count_entries(const char *dir, const char *suffix)
-{
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *n;
-    guint c = 0;
-    while (d && (n = g_dir_read_name(d)))
-        if (suffix == NULL || g_str_has_suffix(n, suffix))
-            c++;
-    return c;
-}
-
-/* QEMU processes whose command line mentions @needle. */
-static guint
-count_qemus(const char *needle)
-{
-    g_autoptr(GPtrArray) procs = sbx_test_qemu_procs(needle);
-    return procs->len;
-}
-
 /* sha256 of a whole file (the template's RAM file is sparse: holes read as 0). */
 static char *
 file_sha256(const char *path)
@@ -226,7 +206,7 @@ main(void)
     OK(built, "the L1 template was built and verified in the background");
     g_autofree char *state = find_file(l1_dir, ".state");
     g_autofree char *meta = find_file(l1_dir, ".json");
-    OK(state && meta && count_entries(l1_dir, ".tmp") == 0,
+    OK(state && meta && sbx_test_count_files(l1_dir, NULL, ".tmp") == 0,
        "the committed entry has its state and metadata, no temp files");
     g_autofree char *ram = find_file(l1_dir, ".ram");
     g_autofree char *ram_sha0 = file_sha256(ram);
@@ -389,7 +369,7 @@ main(void)
     g_autoptr(GDir) vd = g_dir_open(vms_dir, 0, NULL);
     for (const char *n; vd && (n = g_dir_read_name(vd));)
         run_dirs += g_str_has_prefix(n, "vm-");
-    OK(count_qemus(run_vms) == 0 && run_dirs == 0,
+    OK(sbx_test_count_qemus(run_vms) == 0 && run_dirs == 0,
        "the failed VM is torn down (no run VM's QEMU or run dir left)");
 
     /* 14-15: warm pool */
@@ -487,7 +467,8 @@ main(void)
     g_autofree char *build_vms = g_build_filename(vms_dir, "l1build-", NULL);
     gboolean building = FALSE;
     for (guint i = 0; i < 6000 && !building; i++) { /* up to ~120 s */
-        building = sbx_test_status_u64(mgr, "l1_builds_running") >= 1 && count_qemus(build_vms) > 0;
+        building = sbx_test_status_u64(mgr, "l1_builds_running") >= 1 &&
+                   sbx_test_count_qemus(build_vms) > 0;
         if (!building)
             sbx_test_spin_ms(20);
     }
@@ -500,15 +481,18 @@ main(void)
     /* the run finished or the shutdown cancelled it: either way it has an answer */
     g_autoptr(GError) derr = NULL;
     g_autoptr(SbxRunResult) drr = sbx_manager_run_finish(mgr, sbx_test_wait_result(&dres), &derr);
-    OK(stopped && (drr != NULL) != (derr != NULL) && count_qemus(rt) == 0 &&
-           count_entries(vms_dir, NULL) == 0,
+    OK(stopped && (drr != NULL) != (derr != NULL) && sbx_test_count_qemus(rt) == 0 &&
+           sbx_test_count_files(vms_dir, NULL, NULL) == 0,
        "after shutdown: the run answered (%s), no QEMU, no VM run dir (%u left)",
-       drr ? "finished" : derr ? derr->message : "-", count_entries(vms_dir, NULL));
+       drr    ? "finished"
+       : derr ? derr->message
+              : "-",
+       sbx_test_count_files(vms_dir, NULL, NULL));
     guint raw_files = 0;
     g_autoptr(GDir) ld = g_dir_open(l1_dir, 0, NULL);
     for (const char *n; ld && (n = g_dir_read_name(ld));)
         raw_files += g_str_has_prefix(n, "l1-raw-") && !g_str_has_suffix(n, ".lock");
-    OK(count_entries(l1_dir, ".tmp") == 0 && raw_files == 0,
+    OK(sbx_test_count_files(l1_dir, NULL, ".tmp") == 0 && raw_files == 0,
        "the cancelled build left no entry and no half-written file (%u raw files)", raw_files);
 
     g_clear_object(&mgr);

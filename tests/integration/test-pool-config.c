@@ -46,28 +46,6 @@ status_bool(SbxManager *mgr, const char *key, gboolean want)
            g_variant_get_boolean(v) == want;
 }
 
-/* Files in @dir whose name starts with @prefix and ends with @suffix (NULL: any). */
-static guint
-count_files(const char *dir, const char *prefix, const char *suffix)
-{
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *n;
-    guint c = 0;
-    while (d && (n = g_dir_read_name(d)))
-        if ((prefix == NULL || g_str_has_prefix(n, prefix)) &&
-            (suffix == NULL || g_str_has_suffix(n, suffix)))
-            c++;
-    return c;
-}
-
-/* QEMU processes whose command line mentions @needle. */
-static guint
-count_qemus(const char *needle)
-{
-    g_autoptr(GPtrArray) procs = sbx_test_qemu_procs(needle);
-    return procs->len;
-}
-
 /* The guest's MemTotal in MiB and 2+3, e.g. "353 5\n". */
 static const char meminfo_code[] =
     "t = [l for l in open('/proc/meminfo') if l.startswith('MemTotal:')][0]\n"
@@ -144,7 +122,7 @@ main(void)
     sbx_test_run_clear(&a);
     gboolean built = sbx_test_wait_status(mgr, "l1_builds", 1, 900);
     g_autofree char *odd_prefix = g_strdup_printf("l1-python-%um-", ODD_MB);
-    OK(built && count_files(l1_dir, odd_prefix, ".json") == 1,
+    OK(built && sbx_test_count_files(l1_dir, odd_prefix, ".json") == 1,
        "a template for (python, %u MiB) is built in the background", ODD_MB);
 
     /* 6: the next run of that size restores from it and sees its memory size */
@@ -177,16 +155,17 @@ main(void)
     /* 10: three templates built, the least recently used one evicted */
     gboolean three = sbx_test_wait_status(mgr, "l1_builds", 3, 900);
     OK(three && sbx_test_status_u64(mgr, "l1_evictions") == 1 &&
-           sbx_test_status_u64(mgr, "l1_templates") == 2 && count_files(l1_dir, NULL, ".json") == 2,
+           sbx_test_status_u64(mgr, "l1_templates") == 2 &&
+           sbx_test_count_files(l1_dir, NULL, ".json") == 2,
        "l1_max_templates=2: after the third build two entries are left (%" G_GUINT64_FORMAT
        " evicted)",
        sbx_test_status_u64(mgr, "l1_evictions"));
 
     /* 11: the evicted one is the (python, 384) template, used before the other two
      * were built; none of its files is left */
-    OK(count_files(l1_dir, odd_prefix, NULL) == 0,
-       "the least recently used (python, %u MiB) entry was removed whole (%u files left)",
-       ODD_MB, count_files(l1_dir, odd_prefix, NULL));
+    OK(sbx_test_count_files(l1_dir, odd_prefix, NULL) == 0,
+       "the least recently used (python, %u MiB) entry was removed whole (%u files left)", ODD_MB,
+       sbx_test_count_files(l1_dir, odd_prefix, NULL));
 
     /* 12: python's pool stayed empty although python ran at its default size */
     sbx_test_spin_ms(2000);
@@ -218,10 +197,10 @@ main(void)
     g_autoptr(GAsyncResult) down = NULL;
     sbx_manager_shutdown_async(mgr, sbx_test_store_result, &down);
     gboolean stopped = sbx_manager_shutdown_finish(mgr, sbx_test_wait_result(&down), NULL);
-    OK(stopped && count_qemus(rt) == 0 && count_files(vms_dir, NULL, NULL) == 0 &&
-           count_files(l1_dir, NULL, ".tmp") == 0,
+    OK(stopped && sbx_test_count_qemus(rt) == 0 && sbx_test_count_files(vms_dir, NULL, NULL) == 0 &&
+           sbx_test_count_files(l1_dir, NULL, ".tmp") == 0,
        "after shutdown: no QEMU, no VM run dir, no temp file (%u run dirs left)",
-       count_files(vms_dir, NULL, NULL));
+       sbx_test_count_files(vms_dir, NULL, NULL));
 
     g_clear_object(&mgr);
     g_unsetenv("SCHEDULERD_WARM_POOL");

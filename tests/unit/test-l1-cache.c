@@ -28,6 +28,7 @@
 #include <glib/gstdio.h>
 
 #include "scheduler/sbx-template.h"
+#include "tests/sbx-test-proc.h"
 
 typedef struct {
     char *dir;
@@ -291,17 +292,6 @@ set_used(const char *dir, const char *key, time_t when)
     assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
 }
 
-static guint
-files_of(const char *dir, const char *key)
-{
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *n;
-    guint c = 0;
-    while (d && (n = g_dir_read_name(d)))
-        c += g_str_has_prefix(n, key);
-    return c;
-}
-
 /* Least recently used whole entries go first; a hit marks an entry used; the
  * entry to keep and one whose build lock another process holds stay. */
 static void
@@ -335,8 +325,9 @@ test_evict_lru(void **state)
     g_auto(GStrv) gone = sbx_template_cache_evict_lru(cache, 2, NULL);
     assert_int_equal(g_strv_length(gone), 1);
     assert_string_equal(gone[0], b);
-    assert_int_equal(files_of(f->cache_dir, b), 0); /* whole: ram, state, disk, json */
-    assert_int_equal(files_of(f->cache_dir, a), 5); /* + its lock */
+    assert_int_equal(sbx_test_count_files(f->cache_dir, b, NULL),
+                     0); /* whole: ram, state, disk, json */
+    assert_int_equal(sbx_test_count_files(f->cache_dir, a, NULL), 5); /* + its lock */
     assert_int_equal(sbx_template_cache_count(cache), 2);
     assert_null(sbx_template_cache_lookup(cache, b, &error));
     assert_null(error);
@@ -346,7 +337,7 @@ test_evict_lru(void **state)
     g_auto(GStrv) gone2 = sbx_template_cache_evict_lru(cache, 1, c);
     assert_int_equal(g_strv_length(gone2), 1);
     assert_string_equal(gone2[0], a);
-    assert_int_equal(files_of(f->cache_dir, a), 0);
+    assert_int_equal(sbx_test_count_files(f->cache_dir, a, NULL), 0);
     /* a was looked up here before: its next lookup is a miss, not an error */
     assert_null(sbx_template_cache_lookup(cache, a, &error));
     assert_null(error);
